@@ -1,0 +1,32 @@
+# One command to set up and run, one to set up and test (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stride-installed
+
+.PHONY: setup run test ui mlflow-ui clean
+
+# torch comes first with pip (the CPU build on local disk); the rest with uv, which
+# resolves this stack in about a minute where pip 23 needs fifteen.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/stride run
+
+test: setup
+	$(PY) -m pytest -q
+
+ui: setup
+	$(VENV)/bin/stride ui
+
+mlflow-ui: setup
+	$(VENV)/bin/stride mlflow-ui
+
+clean:
+	rm -rf .stride

@@ -1,0 +1,213 @@
+"""Configuration of a STRIDE run: one validated, serialisable object per stage.
+
+Profiles live as YAML under ``resources/profiles/``; ``load_config`` reads one and
+applies overrides. Every random choice takes its seed from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stride_assets.engine.errors import StrideConfigError
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "resources" / "profiles"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusConfig(_Strict):
+    """Where the training examples come from and how they are cut into passages."""
+
+    source: Literal["pydoc", "files", "hf"] = "pydoc"
+    paths: list[str] = Field(default_factory=list, description="parquet/jsonl/json/csv/txt files (source=files)")
+    hf_name: str | None = Field(None, description="datasets.load_dataset name or path (source=hf)")
+    hf_config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    id_column: str | None = Field(None, description="stable example ids; default: derived from content")
+    chunk_chars: int = Field(400, ge=32, description="pack paragraphs into passages of about this many characters")
+    min_chars: int = Field(32, ge=1, description="drop passages shorter than this")
+    max_examples: int | None = Field(None, ge=1)
+    holdout_fraction: float = Field(0.08, ge=0.0, lt=0.9, description="passages held out as query candidates")
+    seed: int = 0
+
+
+class QueryConfig(_Strict):
+    """The query set: held-out passages, fixed prompts, and optionally a user file."""
+
+    n_holdout: int = Field(100, ge=0, description="held-out passages used as queries")
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "The with statement is used to wrap the execution of a block with methods defined by a context manager.",
+            "A lambda expression yields an anonymous function object.",
+            "Exceptions are raised by the raise statement and handled by the try statement.",
+        ]
+    )
+    path: str | None = Field(None, description="optional parquet/jsonl of extra queries (text column as corpus)")
+    seed: int = 0
+
+
+class TinyModelConfig(_Strict):
+    """The default base model: a small GPT-2 architecture trained here on the corpus."""
+
+    vocab_size: int = Field(2048, ge=256)
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=16)
+    n_head: int = Field(4, ge=1)
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    """The frozen base model: a transformers path/hub id, or the tiny default."""
+
+    path: str | None = Field(None, description="local dir or hub id; None trains the tiny default")
+    tokenizer_path: str | None = Field(None, description="defaults to `path`")
+    trust_remote_code: bool = False
+    max_length: int = Field(64, ge=4, description="tokens per example (longer passages are truncated)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class DesignConfig(_Strict):
+    """Subset design: K subsets, every example in exactly d of them."""
+
+    K: int = Field(256, ge=2)
+    d: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class OperatorConfig(_Strict):
+    """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
+
+    form: Literal["activation", "logit"] = "activation"
+    layer: int | None = Field(None, description="decoder layer whose input is steered; None = round(2/3 depth)")
+    rank: int = Field(16, ge=1)
+    basis: Literal["linear", "mlp"] = "linear"
+    mlp_hidden: int = Field(64, ge=1)
+    init_scale: float = Field(1e-3, ge=0, description="std of the initial per-subset matrices")
+
+
+class TrainConfig(_Strict):
+    """Operator training: fidelity on members, stability on non-members, optional linearity."""
+
+    steps: int = Field(400, ge=0)
+    batch_size: int = Field(32, ge=1, description="member pairs (and as many non-member pairs) per step")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    fidelity_weight: float = Field(1.0, ge=0)
+    stability_weight: float = Field(1.0, ge=0)
+    linearity_weight: float = Field(0.0, ge=0)
+    linearity_sketch: int = Field(64, ge=1, description="q, columns of the JL sketch M R")
+    linearity_ridge: float = Field(1.0, gt=0, description="gamma in the sketched projection")
+    linearity_batch: int = Field(8, ge=1, description="examples whose K-vector of responses is penalised")
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+
+
+class MeasureConfig(_Strict):
+    """The queries x K response (perturbation) matrix."""
+
+    mode: Literal["first_order", "exact"] = "first_order"
+    operator_chunk: int = Field(64, ge=1, description="operators applied at once (exact mode)")
+    query_batch: int = Field(16, ge=1)
+    device: str = "auto"
+
+
+class RecoveryConfig(_Strict):
+    """Per-query Lasso of the responses against the membership matrix."""
+
+    solver: Literal["sklearn", "fista"] = "sklearn"
+    lambda_ratio: float | Literal["auto"] = Field(
+        0.2, description="lambda as a fraction of each query's lambda_max, or 'auto' (held-out subsets)"
+    )
+    lambda_grid: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.7])
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="subsets held out to choose lambda (auto)")
+    fit_intercept: bool = True
+    max_iter: int = Field(2000, ge=1)
+    tol: float = Field(1e-6, gt=0)
+    n_jobs: int = Field(-1, description="parallel queries (joblib); -1 = all cores")
+    top_k: int = Field(100, ge=1, description="examples kept per query in the top-k table")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_ratio(self) -> "RecoveryConfig":
+        if self.lambda_ratio != "auto" and not 0 < float(self.lambda_ratio) < 1:
+            raise ValueError("lambda_ratio must be in (0, 1) or 'auto'")
+        return self
+
+
+class CurationConfig(_Strict):
+    """How the curated dataset is derived from the influence scores."""
+
+    top_k_per_query: int = Field(20, ge=1, description="keep each query's top-k positive examples")
+    min_score: float = Field(0.0, description="a kept example's score must exceed this")
+    exclude_negative_z: float = Field(
+        2.0, gt=0, description="drop examples whose summed score is below mean - z*std of nonzero sums"
+    )
+
+
+class StrideConfig(_Strict):
+    """Everything one attribution run needs."""
+
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    queries: QueryConfig = Field(default_factory=QueryConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    design: DesignConfig = Field(default_factory=DesignConfig)
+    operators: OperatorConfig = Field(default_factory=OperatorConfig)
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name (resources/profiles/NAME.yaml) or a path to a YAML file."""
+    candidate = Path(profile)
+    if candidate.suffix in {".yaml", ".yml"}:
+        path = candidate
+    else:
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise StrideConfigError(f"unknown profile {profile!r}: no file {path} (known profiles: {known})")
+    return path
+
+
+def load_config(profile: str = "default", overrides: dict[str, Any] | None = None) -> StrideConfig:
+    """Read a profile and apply nested overrides, e.g. ``{"design": {"K": 128}}``."""
+    raw = yaml.safe_load(profile_path(profile).read_text()) or {}
+    merged = _deep_merge(raw, overrides or {})
+    try:
+        return StrideConfig.model_validate(merged)
+    except ValueError as exc:
+        raise StrideConfigError(f"invalid stride config (profile {profile!r}): {exc}") from exc
+
+
+def resolve_device(name: str) -> str:
+    """'auto' picks cuda when present, else cpu."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
