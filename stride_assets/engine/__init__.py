@@ -1,0 +1,1 @@
+"""The STRIDE engine: pure Python/torch, no Dagster. Usable from a notebook."""
