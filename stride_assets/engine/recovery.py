@@ -1,0 +1,137 @@
+"""Sparse recovery: per-query Lasso of the responses against the membership matrix.
+
+    w(x) = argmin_w 1/(2K) ||y_x - b - M w||^2 + alpha ||w||_1      (intercept b, scikit-learn's scaling)
+
+``alpha`` is set per query relative to ``alpha_max = ||M^T (y - mean y)||_inf / K``, the smallest
+value at which the solution is all zeros, since query loss scales differ a lot. With
+``lambda_ratio="auto"`` the ratio is chosen per query on held-out subsets. Two solvers:
+scikit-learn's coordinate descent (parallel over queries) and a batched FISTA over all
+queries at once on the sparse M; both solve the same problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from joblib import Parallel, delayed
+
+from stride_assets.engine.config import RecoveryConfig
+from stride_assets.engine.errors import StrideInputError
+
+
+@dataclass
+class Recovery:
+    """Influence (Q x n, sparse) and per-query diagnostics."""
+
+    influence: sp.csr_matrix
+    ratio: np.ndarray  # lambda / lambda_max used per query
+    alpha: np.ndarray  # lambda used per query
+    r2: np.ndarray  # in-sample fit of y per query
+    nnz: np.ndarray  # non-zeros per query
+
+
+def alpha_max(M: sp.spmatrix, Y: np.ndarray) -> np.ndarray:
+    """Per-query smallest alpha with an all-zero Lasso solution (intercept fitted)."""
+    Yc = Y - Y.mean(axis=1, keepdims=True)
+    return np.abs(np.asarray(M.T @ Yc.T)).max(axis=0) / M.shape[0]
+
+
+def _lasso_sklearn(M: sp.csc_matrix, y: np.ndarray, alpha: float, cfg: RecoveryConfig) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import Lasso
+
+    if alpha <= 0:
+        return np.zeros(M.shape[1]), float(y.mean())
+    model = Lasso(alpha=alpha, fit_intercept=cfg.fit_intercept, max_iter=cfg.max_iter, tol=cfg.tol)
+    model.fit(M, y)
+    return model.coef_.astype(np.float64), float(model.intercept_)
+
+
+def _fista(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Batched FISTA for all queries; centering of M is applied implicitly (rank-one correction)."""
+    K, n = M.shape
+    Mt = M.T.tocsr()
+    mu = np.asarray(M.mean(axis=0)).ravel() if cfg.fit_intercept else np.zeros(n)
+    y_mean = Y.mean(axis=1, keepdims=True) if cfg.fit_intercept else np.zeros((Y.shape[0], 1))
+    Yc = (Y - y_mean).T  # K x Q
+
+    def matvec(W: np.ndarray) -> np.ndarray:  # (n x Q) -> (K x Q), centred M
+        return M @ W - (mu @ W)[None, :]
+
+    def rmatvec(R: np.ndarray) -> np.ndarray:  # (K x Q) -> (n x Q)
+        return Mt @ R - np.outer(mu, R.sum(axis=0))
+
+    v = np.random.default_rng(cfg.seed).standard_normal((n, 1))
+    for _ in range(50):  # power iteration for ||M_c||_2^2
+        v = rmatvec(matvec(v))
+        v /= np.linalg.norm(v)
+    lipschitz = float(np.linalg.norm(matvec(v)) ** 2) / K * 1.01 + 1e-12
+    step = 1.0 / lipschitz
+    W = np.zeros((n, Y.shape[0]))
+    Z, t = W.copy(), 1.0
+    thresh = (alpha * step)[None, :]
+    for _ in range(cfg.max_iter):
+        grad = rmatvec(matvec(Z) - Yc) / K
+        W_new = Z - step * grad
+        W_new = np.sign(W_new) * np.maximum(np.abs(W_new) - thresh, 0.0)
+        t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        Z = W_new + ((t - 1) / t_new) * (W_new - W)
+        delta = np.abs(W_new - W).max()
+        W, t = W_new, t_new
+        if delta < cfg.tol * max(1.0, np.abs(W).max()):
+            break
+    intercept = y_mean.ravel() - mu @ W
+    return W.T, intercept
+
+
+def _solve(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (Q x n) and intercepts (Q,) for per-query alphas."""
+    if cfg.solver == "fista":
+        return _fista(M, Y, alpha, cfg)
+    Mc = M.tocsc()
+    out = Parallel(n_jobs=cfg.n_jobs, prefer="threads")(
+        delayed(_lasso_sklearn)(Mc, Y[q], float(alpha[q]), cfg) for q in range(Y.shape[0])
+    )
+    return np.stack([w for w, _ in out]), np.array([b for _, b in out])
+
+
+def _choose_ratio(M: sp.csr_matrix, Y: np.ndarray, cfg: RecoveryConfig) -> np.ndarray:
+    """Per query, the grid ratio with the smallest error on held-out subsets."""
+    K = M.shape[0]
+    rng = np.random.default_rng(cfg.seed)
+    held = np.zeros(K, dtype=bool)
+    held[rng.choice(K, size=max(1, int(round(cfg.holdout_fraction * K))), replace=False)] = True
+    M_fit, M_held = M[~held], M[held]
+    errors = []
+    for ratio in cfg.lambda_grid:
+        W, b = _solve(M_fit, Y[:, ~held], ratio * alpha_max(M_fit, Y[:, ~held]), cfg)
+        pred = np.asarray(M_held @ W.T).T + b[:, None]
+        errors.append(((pred - Y[:, held]) ** 2).mean(axis=1))
+    best = np.argmin(np.stack(errors), axis=0)
+    return np.asarray(cfg.lambda_grid)[best]
+
+
+def recover(Y: np.ndarray, membership: sp.csr_matrix, cfg: RecoveryConfig) -> Recovery:
+    """Influence of every training example on every query from the responses Y (Q x K)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[1] != membership.shape[0]:
+        raise StrideInputError(f"responses of shape {Y.shape} do not match K={membership.shape[0]} subsets")
+    if not np.isfinite(Y).all():
+        raise StrideInputError("responses contain NaN/inf; re-measure the perturbation matrix")
+    M = membership.tocsr().astype(np.float64)
+    if cfg.lambda_ratio == "auto":
+        ratio = _choose_ratio(M, Y, cfg)
+    else:
+        ratio = np.full(Y.shape[0], float(cfg.lambda_ratio))
+    alpha = ratio * alpha_max(M, Y)
+    W, b = _solve(M, Y, alpha, cfg)
+    pred = np.asarray(M @ W.T).T + b[:, None]
+    ss_res = ((Y - pred) ** 2).sum(axis=1)
+    ss_tot = ((Y - Y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    r2 = 1 - ss_res / np.maximum(ss_tot, 1e-30)
+    influence = sp.csr_matrix(W.astype(np.float32))
+    influence.eliminate_zeros()
+    return Recovery(
+        influence=influence, ratio=ratio, alpha=alpha, r2=r2, nnz=np.diff(influence.indptr).astype(np.int64)
+    )

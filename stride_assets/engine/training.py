@@ -1,0 +1,153 @@
+"""Operator training on cached features: fidelity on members, stability on non-members.
+
+Each step takes ``batch_size`` (subset, member) pairs in a seeded, epoch-wise shuffled order
+(so every member pair is seen equally often) and as many random (subset, non-member) pairs:
+
+    loss = w_f * NLL(steered_k on members of k)
+         + w_s * KL(base || steered_k on non-members of k)
+         + w_l * || P y - y ||^2        (optional linearity, P = Mt (Mt^T Mt + g I)^-1 Mt^T, Mt = M R)
+
+The frozen model's features come from the cache; only the layers above the hook (activation
+form) or the output head (logit form) run, and no gradient reaches the model's weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from stride_assets.engine.backbone import Batch, Site, take
+from stride_assets.engine.config import TrainConfig
+from stride_assets.engine.design import SubsetDesign
+from stride_assets.engine.losses import check_finite
+from stride_assets.engine.measure import first_order
+from stride_assets.engine.operators import OperatorBank
+
+
+@dataclass
+class TrainLog:
+    """Loss curves (one row per logged step) and wall time."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def curve(self, key: str) -> list[tuple[int, float]]:
+        return [(int(r["step"]), float(r[key])) for r in self.rows if key in r]
+
+
+class PairSampler:
+    """Member pairs in shuffled epochs; non-member pairs by rejection sampling."""
+
+    def __init__(self, design: SubsetDesign, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.subsets, self.examples = design.member_table()
+        self.K, self.n = design.K, design.n
+        self._codes = np.sort(self.subsets * self.n + self.examples)
+        self._order = np.empty(0, dtype=np.int64)
+        self._pos = 0
+        self.epochs = 0.0
+
+    def members(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        picked = []
+        while size > 0:
+            if self._pos >= len(self._order):
+                self._order, self._pos = self.rng.permutation(len(self.subsets)), 0
+            take_n = min(size, len(self._order) - self._pos)
+            picked.append(self._order[self._pos : self._pos + take_n])
+            self._pos += take_n
+            size -= take_n
+        idx = np.concatenate(picked)
+        self.epochs += len(idx) / len(self.subsets)
+        return self.subsets[idx], self.examples[idx]
+
+    def is_member(self, subsets: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        codes = subsets * self.n + examples
+        pos = np.clip(np.searchsorted(self._codes, codes), 0, len(self._codes) - 1)
+        return self._codes[pos] == codes
+
+    def non_members(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        examples = self.rng.integers(0, self.n, size)
+        subsets = self.rng.integers(0, self.K, size)
+        bad = self.is_member(subsets, examples)
+        while bad.any():
+            subsets[bad] = self.rng.integers(0, self.K, int(bad.sum()))
+            bad = self.is_member(subsets, examples)
+        return subsets, examples
+
+
+def linearity_projector(design: SubsetDesign, sketch: int, ridge: float, seed: int) -> torch.Tensor:
+    """P = Mt (Mt^T Mt + g I)^-1 Mt^T with the JL sketch Mt = M R (K x q)."""
+    rng = np.random.default_rng(seed)
+    R = rng.standard_normal((design.n, sketch)) / np.sqrt(sketch)
+    Mt = np.asarray(design.membership @ R)
+    P = Mt @ np.linalg.solve(Mt.T @ Mt + ridge * np.eye(sketch), Mt.T)
+    return torch.as_tensor(P, dtype=torch.float32)
+
+
+def _steered_loss(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ops: torch.Tensor) -> torch.Tensor:
+    return site.example_loss(site.logits(feats, batch, bank.shift(feats, ops)), batch).mean()
+
+
+def _stability(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ops: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        base = site.logits(feats, batch)
+    return site.kl(base, site.logits(feats, batch, bank.shift(feats, ops)), batch)
+
+
+def train_operators(
+    site: Site,
+    bank: OperatorBank,
+    feats: torch.Tensor,
+    batch: Batch,
+    design: SubsetDesign,
+    cfg: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> TrainLog:
+    """Train ``bank`` in place on the cached features of the n training examples."""
+    torch.manual_seed(cfg.seed)
+    sampler = PairSampler(design, cfg.seed)
+    params = [p for p in bank.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20)) * 0.5 * (1 + np.cos(np.pi * s / max(1, cfg.steps)))
+    )
+    projector = (
+        linearity_projector(design, cfg.linearity_sketch, cfg.linearity_ridge, cfg.seed)
+        if cfg.linearity_weight > 0
+        else None
+    )
+    out = TrainLog()
+    start = time.perf_counter()
+    bank.train()
+    for step in range(cfg.steps):
+        terms: dict[str, torch.Tensor] = {}
+        k, i = (torch.as_tensor(a) for a in sampler.members(cfg.batch_size))
+        terms["fidelity"] = _steered_loss(site, bank, feats[i], take(batch, i), k)
+        if cfg.stability_weight > 0:
+            k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.batch_size))
+            terms["stability"] = _stability(site, bank, feats[j], take(batch, j), k2)
+        if projector is not None:
+            probe = torch.as_tensor(sampler.rng.integers(0, design.n, cfg.linearity_batch))
+            y = first_order(site, bank, feats[probe], take(batch, probe), differentiable=True)  # (B, K)
+            terms["linearity"] = ((y @ projector.T - y) ** 2).sum(-1).mean()
+        weights = {"fidelity": cfg.fidelity_weight, "stability": cfg.stability_weight, "linearity": cfg.linearity_weight}
+        loss = check_finite(sum(weights[n] * t for n, t in terms.items()), f"operator loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            row = {"step": float(step), "loss": loss.item(), "epochs": sampler.epochs}
+            row.update({n: t.item() for n, t in terms.items()})
+            out.rows.append(row)
+            log(
+                f"operators step {step + 1}/{cfg.steps}: "
+                + " ".join(f"{n}={v:.4f}" for n, v in row.items() if n != "step")
+            )
+    bank.eval()
+    out.seconds = time.perf_counter() - start
+    return out
