@@ -23,6 +23,7 @@ import torch
 from stride_assets.engine.backbone import Batch, Site, take
 from stride_assets.engine.config import TrainConfig
 from stride_assets.engine.design import SubsetDesign
+from stride_assets.engine.lm import warmup_cosine
 from stride_assets.engine.losses import check_finite
 from stride_assets.engine.measure import first_order
 from stride_assets.engine.operators import OperatorBank
@@ -112,9 +113,7 @@ def train_operators(
     sampler = PairSampler(design, cfg.seed)
     params = [p for p in bank.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20)) * 0.5 * (1 + np.cos(np.pi * s / max(1, cfg.steps)))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps))
     projector = (
         linearity_projector(design, cfg.linearity_sketch, cfg.linearity_ridge, cfg.seed)
         if cfg.linearity_weight > 0

@@ -1,0 +1,324 @@
+"""The training corpus and the query set, as polars frames.
+
+``load_passages`` turns a ``CorpusConfig`` into a frame ``(example_id, text, source)``: the
+Python docs shipped with the interpreter (``pydoc_data.topics``, the offline default), local
+files, or a ``datasets`` dataset. Every input problem (missing file, missing column, null or
+non-string rows, duplicate ids, empty result) is a ``StrideInputError`` raised before any
+expensive work. ``split_holdout`` and ``build_query_set`` derive the query candidates.
+
+Every passage is stripped of surrounding whitespace, and passages shorter than
+``cfg.min_chars`` are dropped, whatever the source.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from stride_assets.engine.config import CorpusConfig, QueryConfig
+from stride_assets.engine.errors import StrideInputError
+
+TABULAR_SUFFIXES = {".parquet", ".jsonl", ".ndjson", ".json", ".csv"}
+TEXT_SUFFIXES = {".txt", ".md"}
+SCHEMA = {"example_id": pl.Utf8, "text": pl.Utf8, "source": pl.Utf8}
+QUERY_SCHEMA = {"query_id": pl.Utf8, "text": pl.Utf8, "kind": pl.Utf8}
+
+
+# ---------------------------------------------------------------------------------------------
+# chunking plain text
+
+
+def _split_long(paragraph: str, chunk_chars: int) -> list[str]:
+    """Cut a paragraph on whitespace into pieces of at most about ``chunk_chars`` characters."""
+    pieces: list[str] = []
+    words: list[str] = []
+    size = 0
+    for word in paragraph.split():
+        if words and size + 1 + len(word) > chunk_chars:
+            pieces.append(" ".join(words))
+            words, size = [], 0
+        size += len(word) + (1 if words else 0)
+        words.append(word)
+    if words:
+        pieces.append(" ".join(words))
+    return pieces
+
+
+def chunk_text(text: str, chunk_chars: int, min_chars: int) -> list[str]:
+    """Pack blank-line separated paragraphs into passages of about ``chunk_chars`` characters.
+
+    A new passage starts when adding the next paragraph would exceed ``chunk_chars``; a paragraph
+    longer than ``2 * chunk_chars`` is first cut on whitespace. Passages are stripped and those
+    shorter than ``min_chars`` dropped.
+    """
+    units: list[str] = []
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip("\n")
+        if not para.strip():
+            continue
+        units.extend(_split_long(para, chunk_chars) if len(para) > 2 * chunk_chars else [para])
+    passages: list[str] = []
+    current = ""
+    for unit in units:
+        if current and len(current) + 2 + len(unit) > chunk_chars:
+            passages.append(current)
+            current = unit
+        else:
+            current = f"{current}\n\n{unit}" if current else unit
+    if current:
+        passages.append(current)
+    stripped = (p.strip() for p in passages)
+    return [p for p in stripped if len(p) >= min_chars]
+
+
+def _chunk_frame(text: str, prefix: str, width: int, source: str, cfg: CorpusConfig) -> pl.DataFrame:
+    chunks = chunk_text(text, cfg.chunk_chars, cfg.min_chars)
+    ids = [f"{prefix}/{j:0{width}d}" for j in range(len(chunks))]
+    return pl.DataFrame({"example_id": ids, "text": chunks, "source": [source] * len(chunks)}, schema=SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# tabular inputs
+
+
+def _describe(value: Any) -> str:
+    shown = repr(value)
+    return f"{type(value).__name__} {shown[:60] + '...' if len(shown) > 60 else shown}"
+
+
+def _check_text_values(values: list[Any], column: str, where: str) -> None:
+    """Every value must be a string: name the first null or non-string row."""
+    for i, value in enumerate(values):
+        if value is None:
+            raise StrideInputError(f"{where}: text column {column!r} is null (or missing) at row {i}")
+        if not isinstance(value, str):
+            raise StrideInputError(
+                f"{where}: text column {column!r} must hold strings, but row {i} is {_describe(value)}"
+            )
+
+
+def _read_json_records(path: Path) -> pl.DataFrame:
+    """Read .json/.jsonl with the stdlib, check the text column row by row, return a frame.
+
+    polars' JSON readers silently turn mixed rows (``3``, ``["x"]``) into strings; parsing in
+    Python keeps each row's real type so that non-string rows are reported, not coerced.
+    """
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+                n = len(next(iter(data.values()), []))
+                data = [{k: v[i] for k, v in data.items()} for i in range(n)]
+        else:
+            data = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError, IndexError) as exc:
+        raise StrideInputError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise StrideInputError(f"{path}: expected a list of objects (one record per example)")
+    columns: dict[str, list[Any]] = {}
+    for record in data:
+        for key in record:
+            columns.setdefault(key, [])
+    for key, values in columns.items():
+        values.extend(r.get(key) for r in data)
+    # keep Python values for every column; the text column is checked later, the id column cast to str
+    return pl.DataFrame({k: pl.Series(k, v, dtype=pl.Object) for k, v in columns.items()}) if data else pl.DataFrame()
+
+
+def _read_table(path: Path) -> pl.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        if path.suffix == ".csv":
+            # everything as text: a CSV cell has no type, and "" is an empty string, not a null
+            return pl.read_csv(path, infer_schema=False).with_columns(pl.all().fill_null(""))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise StrideInputError(f"{path}: could not be read as {path.suffix[1:]} ({exc})") from exc
+    return _read_json_records(path)
+
+
+def _table_frame(df: pl.DataFrame, cfg: CorpusConfig, where: str, default_prefix: str, width: int,
+                 source: str) -> pl.DataFrame:
+    """Validate the text (and id) column of a table and return its passages."""
+    col = cfg.text_column
+    if df.height == 0:
+        raise StrideInputError(f"{where} is empty (zero rows)")
+    if col not in df.columns:
+        raise StrideInputError(f"{where}: text column {col!r} not found; available columns: {df.columns}")
+    series = df[col]
+    if isinstance(series.dtype, (pl.Categorical, pl.Enum)):
+        series = series.cast(pl.Utf8)
+    if series.dtype == pl.Utf8:
+        if series.null_count():
+            raise StrideInputError(f"{where}: text column {col!r} is null at row {int(series.is_null().arg_max())}")
+        texts = series.to_list()
+    elif series.dtype == pl.Object:
+        texts = series.to_list()
+        _check_text_values(texts, col, where)
+    else:
+        nonnull = series.is_not_null()
+        first = int(nonnull.arg_max()) if nonnull.any() else 0
+        raise StrideInputError(
+            f"{where}: text column {col!r} has dtype {series.dtype}, not strings "
+            f"(row {first} is {_describe(series.slice(first, 1).to_list()[0])})"
+        )
+    if cfg.id_column is not None:
+        if cfg.id_column not in df.columns:
+            raise StrideInputError(f"{where}: id column {cfg.id_column!r} not found; available columns: {df.columns}")
+        raw = df[cfg.id_column].to_list()
+        if None in raw:
+            raise StrideInputError(f"{where}: id column {cfg.id_column!r} is null at row {raw.index(None)}")
+        ids = [str(v) for v in raw]
+    else:
+        ids = [f"{default_prefix}/{i:0{width}d}" for i in range(df.height)]
+    out = pl.DataFrame({"example_id": ids, "text": [t.strip() for t in texts], "source": [source] * df.height},
+                       schema=SCHEMA)
+    return out.filter(pl.col("text").str.len_chars() >= cfg.min_chars)
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def _pydoc_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
+    from pydoc_data.topics import topics
+
+    return [_chunk_frame(topics[t], f"pydoc/{t}", 3, "pydoc_data.topics", cfg) for t in sorted(topics)]
+
+
+def _file_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
+    if not cfg.paths:
+        raise StrideInputError("corpus source 'files' needs at least one path in corpus.paths")
+    paths = [Path(p).expanduser() for p in cfg.paths]
+    for path in paths:  # every path is checked before any file is read
+        if not path.is_file():
+            raise StrideInputError(f"corpus file {str(path)!r} does not exist (or is not a file)")
+        if path.suffix.lower() not in TABULAR_SUFFIXES | TEXT_SUFFIXES:
+            raise StrideInputError(
+                f"corpus file {str(path)!r}: unsupported suffix {path.suffix!r} "
+                f"(use one of {sorted(TABULAR_SUFFIXES | TEXT_SUFFIXES)})"
+            )
+    frames = []
+    for path in paths:
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            frames.append(_chunk_frame(path.read_text(), path.stem, 5, path.name, cfg))
+        else:
+            frames.append(_table_frame(_read_table(path), cfg, f"corpus file {str(path)!r}", path.stem, 6, path.name))
+    return frames
+
+
+def _hf_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
+    if not cfg.hf_name:
+        raise StrideInputError("corpus source 'hf' needs corpus.hf_name (a datasets.load_dataset name or path)")
+    where = f"dataset {cfg.hf_name!r} (config {cfg.hf_config!r}, split {cfg.split!r})"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.split)
+    except Exception as exc:  # datasets raises many types (not found, offline, bad split, ...)
+        raise StrideInputError(f"{where} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    if cfg.text_column not in ds.column_names:
+        raise StrideInputError(f"{where}: text column {cfg.text_column!r} not found; available columns: {ds.column_names}")
+    keep = [c for c in (cfg.text_column, cfg.id_column) if c is not None and c in ds.column_names]
+    df = ds.select_columns(keep).to_polars()
+    return [_table_frame(df, cfg, where, f"{cfg.hf_name}/{cfg.split}", 7, cfg.hf_name)]
+
+
+def load_passages(cfg: CorpusConfig) -> pl.DataFrame:
+    """The corpus as a frame ``(example_id, text, source)`` with unique, run-stable ids.
+
+    With ``cfg.max_examples`` smaller than the corpus, a seeded random sample of that size is
+    kept, in the corpus' original order.
+    """
+    if cfg.source == "pydoc":
+        frames, where = _pydoc_frames(cfg), "pydoc_data.topics"
+    elif cfg.source == "files":
+        frames, where = _file_frames(cfg), f"files {cfg.paths}"
+    else:
+        frames, where = _hf_frames(cfg), f"hf dataset {cfg.hf_name!r}"
+    df = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=SCHEMA)
+    if df.height == 0:
+        raise StrideInputError(
+            f"empty corpus: no passage of at least min_chars={cfg.min_chars} characters from {where}"
+        )
+    dup = df["example_id"].filter(df["example_id"].is_duplicated())
+    if dup.len():
+        raise StrideInputError(
+            f"duplicate example id {dup[0]!r} in {where} ({dup.n_unique()} ids repeat); example ids must be unique"
+        )
+    if cfg.max_examples is not None and cfg.max_examples < df.height:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(df.height, size=cfg.max_examples, replace=False))
+        df = df[keep]
+    return df
+
+
+def split_holdout(df: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Seeded split into ``(train, holdout)``, both in the original order.
+
+    The holdout has ``round(fraction * n)`` rows; the training part must keep at least 2.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise StrideInputError(f"holdout fraction must be in [0, 1), got {fraction}")
+    n = df.height
+    n_holdout = round(fraction * n)
+    if n - n_holdout < 2:
+        raise StrideInputError(
+            f"holdout fraction {fraction} of {n} passages leaves {n - n_holdout} for training (need at least 2)"
+        )
+    is_holdout = np.zeros(n, dtype=bool)
+    is_holdout[np.random.default_rng(seed).permutation(n)[:n_holdout]] = True
+    return df.filter(pl.Series(~is_holdout)), df.filter(pl.Series(is_holdout))
+
+
+def _query_file(path_str: str, text_column: str) -> pl.DataFrame:
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise StrideInputError(f"query file {str(path)!r} does not exist (or is not a file)")
+    if path.suffix.lower() not in {".parquet", ".jsonl", ".ndjson"}:
+        raise StrideInputError(f"query file {str(path)!r}: unsupported suffix {path.suffix!r} (use .parquet or .jsonl)")
+    df = _read_table(path)
+    where = f"query file {str(path)!r}"
+    cfg = CorpusConfig(text_column=text_column, min_chars=1, id_column="query_id" if "query_id" in df.columns else None)
+    out = _table_frame(df, cfg, where, "file", 4, "file")
+    return out.select(pl.col("example_id").alias("query_id"), "text", pl.lit("file").alias("kind"))
+
+
+def build_query_set(holdout: pl.DataFrame, cfg: QueryConfig, text_column: str = "text") -> pl.DataFrame:
+    """Queries ``(query_id, text, kind)``: sampled held-out passages, then prompts, then a file.
+
+    Up to ``cfg.n_holdout`` held-out passages are drawn with ``cfg.seed`` (kept in holdout order,
+    query id = example id); prompts get ids ``prompt/NN``; the optional file's rows ``file/NNNN``
+    unless it has a ``query_id`` column.
+    """
+    parts: list[pl.DataFrame] = []
+    if cfg.n_holdout > 0 and holdout.height > 0:
+        if text_column not in holdout.columns:
+            raise StrideInputError(f"holdout frame has no column {text_column!r}; columns: {holdout.columns}")
+        n = min(cfg.n_holdout, holdout.height)
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(holdout.height, size=n, replace=False))
+        parts.append(holdout[keep].select(
+            pl.col("example_id").cast(pl.Utf8).alias("query_id"),
+            pl.col(text_column).alias("text"),
+            pl.lit("holdout").alias("kind"),
+        ))
+    for i, prompt in enumerate(cfg.prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise StrideInputError(f"query prompt {i} must be a non-empty string, got {_describe(prompt)}")
+    if cfg.prompts:
+        ids = [f"prompt/{i:02d}" for i in range(len(cfg.prompts))]
+        parts.append(pl.DataFrame({"query_id": ids, "text": list(cfg.prompts), "kind": ["prompt"] * len(ids)},
+                                  schema=QUERY_SCHEMA))
+    if cfg.path:
+        parts.append(_query_file(cfg.path, text_column))
+    queries = pl.concat([p.cast(QUERY_SCHEMA) for p in parts]) if parts else pl.DataFrame(schema=QUERY_SCHEMA)
+    if queries.height == 0:
+        raise StrideInputError("empty query set: no held-out passages (n_holdout / holdout_fraction), prompts or query file")
+    dup = queries["query_id"].filter(queries["query_id"].is_duplicated())
+    if dup.len():
+        raise StrideInputError(f"duplicate query id {dup[0]!r}; query ids must be unique")
+    return queries

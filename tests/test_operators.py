@@ -1,0 +1,166 @@
+"""Sites, operator bank, measurement and training on tiny transformers built from configs."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from stride_assets.engine.backbone import ActivationSite, decoder_layers, default_layer, encode_all, make_site
+from stride_assets.engine.config import TrainConfig
+from stride_assets.engine.design import draw_design
+from stride_assets.engine.errors import StrideConfigError
+from stride_assets.engine.measure import responses
+from stride_assets.engine.operators import OperatorBank, top_direction_energy
+from stride_assets.engine.training import PairSampler, train_operators
+
+VOCAB = 64
+
+
+def gpt2():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=3, n_head=2, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def batch_of(n=24, T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, T), generator=g)
+    mask = torch.ones_like(ids)
+    mask[3, 9:] = 0  # one right-padded row
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+MODELS = {"gpt2": gpt2, "llama": llama}
+
+
+@pytest.mark.parametrize("arch", MODELS)
+@pytest.mark.parametrize("form", ["activation", "logit"])
+def test_zero_operator_reproduces_base_outputs_exactly(arch, form):
+    model, batch = MODELS[arch](), batch_of()
+    with torch.no_grad():
+        reference = model(**batch).logits
+    site = make_site(model, form)
+    feats = encode_all(site, batch, batch_size=7)
+    bank = OperatorBank(6, site.in_dim, site.out_dim, rank=4, init_scale=0.1).zero_()
+    ops = torch.arange(24) % 6
+    with torch.no_grad():
+        steered = site.logits(feats, batch, bank.shift(feats, ops))
+        plain = site.logits(feats, batch)
+    assert torch.equal(plain, reference.float())
+    assert torch.equal(steered, reference.float())
+    # the lower layers were only skipped inside the call: the model is intact afterwards
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reference)
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_activation_site_skips_frozen_layers_below_the_hook(arch):
+    model, batch = MODELS[arch](), batch_of(n=4)
+    site = ActivationSite(model, layer=2)
+    feats = site.encode(batch)
+    calls = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in
+             enumerate(decoder_layers(model))]
+    with torch.no_grad():
+        site.logits(feats, batch)
+    for h in hooks:
+        h.remove()
+    assert calls == [2]
+
+
+def test_default_layer_and_range_checks():
+    model = gpt2()
+    assert default_layer(model) == 2  # round(2/3 * 3)
+    with pytest.raises(StrideConfigError, match="out of range"):
+        ActivationSite(model, layer=3)
+    with pytest.raises(StrideConfigError, match="unknown operator form"):
+        make_site(model, "weights")
+
+
+@pytest.mark.parametrize("form", ["activation", "logit"])
+def test_first_order_matches_exact_for_small_shifts(form):
+    model, batch = gpt2(), batch_of(n=6)
+    site = make_site(model, form)
+    bank = OperatorBank(10, site.in_dim, site.out_dim, rank=4, init_scale=1e-4, seed=1)
+    bank.set_feature_stats(encode_all(site, batch), batch["attention_mask"])
+    fo = responses(site, bank, batch, "first_order")
+    ex = responses(site, bank, batch, "exact", operator_chunk=3)
+    assert fo.shape == ex.shape == (6, 10)
+    assert np.corrcoef(fo.ravel(), ex.ravel())[0, 1] > 0.999
+    assert np.abs(fo - ex).max() < 0.02 * np.abs(ex).max()
+
+
+def test_operator_bank_save_load_round_trip(tmp_path):
+    bank = OperatorBank(5, 8, 12, rank=3, basis="mlp", mlp_hidden=7, seed=2)
+    bank.set_feature_stats(torch.randn(4, 3, 8) * 3 + 1)
+    path = bank.save(tmp_path / "ops.safetensors")
+    again = OperatorBank.load(path)
+    feats = torch.randn(2, 3, 8)
+    ops = torch.tensor([1, 4])
+    assert torch.equal(bank.shift(feats, ops), again.shift(feats, ops))
+
+
+def test_pair_sampler_members_and_non_members():
+    design = draw_design(50, 10, 3, seed=0)
+    sampler = PairSampler(design, seed=0)
+    M = design.membership.toarray()
+    s, e = sampler.members(150)  # exactly one epoch: every member pair once
+    assert M[s, e].all()
+    assert len(set(zip(s.tolist(), e.tolist()))) == 150
+    s2, e2 = sampler.non_members(500)
+    assert not M[s2, e2].any()
+
+
+@pytest.mark.parametrize("form", ["activation", "logit"])
+def test_training_lowers_member_loss_more_than_non_member_loss(form):
+    model = gpt2()
+    batch = batch_of(n=48, T=12, seed=1)
+    design = draw_design(48, 8, 2, seed=0)
+    site = make_site(model, form)
+    feats = encode_all(site, batch)
+    bank = OperatorBank(design.K, site.in_dim, site.out_dim, rank=8, seed=0)
+    bank.set_feature_stats(feats, batch["attention_mask"])
+    cfg = TrainConfig(steps=150, batch_size=24, lr=3e-2, stability_weight=1.0, log_every=50)
+    log = train_operators(site, bank, feats, batch, design, cfg, log=lambda _: None)
+    assert log.rows[-1]["fidelity"] < log.rows[0]["fidelity"]
+    Y = responses(site, bank, batch, "exact")  # loss_base - loss_k, per (example, operator)
+    member = design.membership.toarray().T.astype(bool)
+    gain_members, gain_others = Y[member].mean(), Y[~member].mean()
+    print(f"{form}: member loss drop {gain_members:.4f}, non-member {gain_others:.4f}")
+    assert gain_members > 0
+    assert gain_members > gain_others + 0.01
+    assert top_direction_energy(bank) < 0.9
+
+
+def test_linearity_term_trains_and_is_logged():
+    model = gpt2()
+    batch = batch_of(n=20, seed=2)
+    design = draw_design(20, 6, 2, seed=0)
+    site = make_site(model, "logit")
+    feats = encode_all(site, batch)
+    bank = OperatorBank(design.K, site.in_dim, site.out_dim, rank=2)
+    cfg = TrainConfig(steps=5, batch_size=8, linearity_weight=1.0, linearity_sketch=4, linearity_batch=4, log_every=1)
+    log = train_operators(site, bank, feats, batch, design, cfg, log=lambda _: None)
+    assert all("linearity" in row and np.isfinite(row["linearity"]) for row in log.rows)
+
+
+def test_nan_loss_is_a_clear_error():
+    from stride_assets.engine.errors import StrideNumericalError
+
+    model = gpt2()
+    batch = batch_of(n=8)
+    design = draw_design(8, 4, 2, seed=0)
+    site = make_site(model, "logit")
+    feats = encode_all(site, batch)
+    feats[0, 0, 0] = float("nan")
+    bank = OperatorBank(4, site.in_dim, site.out_dim, rank=2)
+    with pytest.raises(StrideNumericalError, match="not finite"):
+        train_operators(site, bank, feats, batch, design, TrainConfig(steps=3, batch_size=8), log=lambda _: None)
