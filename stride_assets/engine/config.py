@@ -60,7 +60,7 @@ class TinyModelConfig(_Strict):
     n_layer: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=16)
     n_head: int = Field(4, ge=1)
-    steps: int = Field(800, ge=1)
+    steps: int = Field(600, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -100,7 +100,7 @@ class OperatorConfig(_Strict):
 class TrainConfig(_Strict):
     """Operator training: fidelity on members, stability on non-members, optional linearity."""
 
-    steps: int = Field(400, ge=0)
+    steps: int = Field(1000, ge=0)
     batch_size: int = Field(32, ge=1, description="member pairs (and as many non-member pairs) per step")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

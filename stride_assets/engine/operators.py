@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stride_assets.engine.artifacts import load_tensors, save_tensors
+from stride_assets.engine.artifacts import load_tensors, read_json, save_tensors, write_json
 
 
 class OperatorBank(nn.Module):
@@ -75,17 +75,19 @@ class OperatorBank(nn.Module):
         return self
 
     def save(self, path: Path) -> Path:
-        meta = {k: str(v) for k, v in self.spec.items()}
-        return save_tensors(dict(self.state_dict()), path, metadata=meta)
+        """Tensors as safetensors plus ``<name>.json`` with the shape spec beside them.
+
+        (The spec is not put in the safetensors header: its metadata map is written in
+        random order, which would make identical banks hash differently.)
+        """
+        path = Path(path)
+        write_json(self.spec, path.with_suffix(".json"))
+        return save_tensors(dict(self.state_dict()), path)
 
     @classmethod
     def load(cls, path: Path) -> "OperatorBank":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-        spec = {k: (v if k == "basis" else int(v)) for k, v in meta.items()}
-        bank = cls(**spec)
+        path = Path(path)
+        bank = cls(**read_json(path.with_suffix(".json")))
         bank.load_state_dict(load_tensors(path))
         return bank.eval()
 

@@ -241,8 +241,8 @@ def steering_operators(cfg: StrideConfig, store: Store, log: Log) -> StageResult
         | {f"training.{k}": v for k, v in tc.model_dump().items()} | {"operators.layer_used": layer},
         metrics={"train_seconds": trainlog.seconds, **{f"final_{k}": final[k] for k in keys}, **diag},
         curves={k: trainlog.curve(k) for k in keys},
-        files=[bank_path, log_path],
-        fingerprint=file_digest(bank_path),
+        files=[bank_path, bank_path.with_suffix(".json"), log_path],
+        fingerprint=file_digest(bank_path, bank_path.with_suffix(".json")),
     )
     if trainlog.rows:
         result.plots["operator_loss"] = plots.curves(result.curves, stage / "operator_loss.png",

@@ -1,0 +1,136 @@
+"""The ``stride`` command line: help, argument parsing, environment hand-off, clear errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stride_assets import cli
+from stride_assets.resources import build_resources
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_commands() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "stride_assets.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in ("run", "attribute", "ui", "mlflow-ui"):
+        assert command in proc.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("stride")
+    if not script.exists():
+        pytest.skip("stride console script not installed (pip install -e .)")
+    proc = subprocess.run([str(script), "attribute", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--top-k" in proc.stdout, proc.stderr
+
+
+def test_parse_run_and_attribute() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--profile", "micro", "--store", "/tmp/s"])
+    assert (args.command, args.profile, args.store, args.func) == ("run", "micro", "/tmp/s", cli.cmd_run)
+    args = parser.parse_args(["attribute", "a text", "another", "--top-k", "3"])
+    assert args.texts == ["a text", "another"] and args.top_k == 3 and args.func == cli.cmd_attribute
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["attribute"])  # TEXT is required
+
+
+def test_profile_and_store_reach_the_resources(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(["run", "--profile", "micro", "--store", str(tmp_path / "s")])
+    cli._apply_common(args)
+    stride = build_resources()["stride"]
+    assert stride.profile == "micro"
+    assert stride.store().root == (tmp_path / "s").resolve()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"]
+
+
+def test_attribute_without_store_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    assert cli.main(["attribute", "hello", "--store", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "no stride store" in err and str(missing) in err and "stride run" in err
+
+
+def test_attribute_on_empty_store_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["attribute", "hello", "--store", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("stride: error:") and "Traceback" not in err
+
+
+def test_attribute_rejects_bad_top_k(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["attribute", "hello", "--top-k", "0"]) == 2
+    assert "--top-k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ui", "mlflow-ui"])
+def test_servers_bind_to_loopback(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    monkeypatch.setattr(cli.os, "execvp", lambda file, argv: calls.append(list(argv)))
+    monkeypatch.chdir(tmp_path)  # cmd_ui changes into the repo; monkeypatch restores the cwd
+    cli.main([command])
+    (argv,) = calls
+    assert argv[argv.index("--host" if command == "mlflow-ui" else "-h") + 1] == "127.0.0.1"
+    assert "0.0.0.0" not in argv
+    if command == "ui":
+        assert argv[1:4] == ["dev", "-w", "workspace.yaml"]
+        assert os.environ["DAGSTER_HOME"] == str(tmp_path / "dh")
+        assert (tmp_path / "dh" / "dagster.yaml").read_text() == (REPO_ROOT / "resources" / "dagster.yaml").read_text()
+    else:
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        assert argv[argv.index("--backend-store-uri") + 1] == uri
+        db = Path(uri.removeprefix("sqlite:///"))
+        assert argv[argv.index("--default-artifact-root") + 1] == (db.parent / "mlartifacts").as_uri()
+
+
+def test_instance_template_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    home = cli.prepare_dagster_home()
+    assert home == (tmp_path / "home").resolve() and (home / "dagster.yaml").is_file()
+    with dg.DagsterInstance.get() as instance:
+        assert instance.root_directory == str(home)
+        assert not instance.telemetry_enabled
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 1
+        assert concurrency.pool_config.default_pool_limit == 1
+
+
+def test_run_with_unknown_profile_fails_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    assert cli.main(["run", "--profile", "no-such-profile", "--store", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "stride: error: unknown profile 'no-such-profile'" in err and "micro" in err
+
+
+def test_run_reports_the_failing_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stage that raises fails the run: exit 1, the stage and the engine's message, the rest skipped."""
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    profile = tmp_path / "broken.yaml"
+    profile.write_text(f"corpus:\n  source: files\n  paths: [{tmp_path / 'missing.parquet'}]\n")
+    assert cli.main(["run", "--profile", str(profile), "--store", str(tmp_path / "s")]) == 1
+    captured = capsys.readouterr()
+    assert "! training_corpus FAILED" in captured.out
+    assert "- curated_dataset skipped" in captured.out
+    assert "stride run FAILED" in captured.err
+    assert "training_corpus: stride_assets.engine.errors.StrideInputError" in captured.err
+    assert "missing.parquet" in captured.err
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.FAILURE

@@ -1,0 +1,118 @@
+"""The code location loads, and its asset graph, job, schedule and resources are the intended ones."""
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+from stride_assets.defs.assets import GROUPS, stage_metadata
+from stride_assets.engine.pipeline import STAGES, UPSTREAM, StageResult
+from stride_assets.resources import MlflowTracking, StrideResource
+
+EXPECTED_GROUPS = {
+    "data": {"training_corpus", "query_set"},
+    "model": {"base_model"},
+    "attribution": {"subset_design", "steering_operators", "perturbation_matrix", "influence_scores"},
+    "curation": {"curated_dataset"},
+}
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    loaded = definitions.defs()
+    dg.Definitions.validate_loadable(loaded)
+    return loaded
+
+
+def test_asset_graph_is_the_eight_stages(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(STAGES)
+    assert len(STAGES) == 8
+    for stage in STAGES:
+        node = graph.get(dg.AssetKey(stage))
+        assert {k.to_user_string() for k in node.parent_keys} == set(UPSTREAM[stage]), stage
+        assert node.code_version, stage
+        assert node.description, stage
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("curated_dataset")).parent_keys} == {"influence_scores"}
+    assert graph.get(dg.AssetKey("training_corpus")).parent_keys == set()
+
+
+def test_groups(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    groups: dict[str, set[str]] = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
+    assert groups == EXPECTED_GROUPS
+    assert set(GROUPS) == set(STAGES)
+
+
+def test_checks_attach_to_stages(defs: dg.Definitions) -> None:
+    check_keys = defs.resolve_asset_graph().asset_check_keys
+    assert check_keys, "no asset checks loaded"
+    assert {k.asset_key.to_user_string() for k in check_keys} <= set(STAGES)
+    assert {"steering_operators", "influence_scores", "curated_dataset"} <= {
+        k.asset_key.to_user_string() for k in check_keys
+    }
+
+
+def test_job_and_schedule(defs: dg.Definitions) -> None:
+    job = defs.resolve_job_def("stride_job")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(STAGES)
+    assert isinstance(job.executor_def, dg.ExecutorDefinition) and job.executor_def.name == "in_process"
+    schedule = defs.resolve_schedule_def("stride_nightly")
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.job_name == "stride_job"
+
+
+def test_resources_follow_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIDE_PROFILE", "micro")
+    monkeypatch.setenv("STRIDE_HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/x/mlflow.db")
+    resources = definitions.defs().resources
+    stride, tracking = resources["stride"], resources["mlflow"]
+    assert isinstance(stride, StrideResource) and isinstance(tracking, MlflowTracking)
+    assert stride.profile == "micro"
+    assert stride.store().root == (tmp_path / "elsewhere").resolve()
+    assert stride.config().design.K == 16  # the micro profile's value
+    assert tracking.resolved_tracking_uri() == "sqlite:////tmp/x/mlflow.db"
+    assert tracking.resolved_artifact_root() == "file:///tmp/x/mlartifacts"  # beside the SQLite DB
+
+
+def test_stride_resource_overrides(tmp_path: Path) -> None:
+    resource = StrideResource(profile="micro", storage_root=str(tmp_path), overrides_json='{"design": {"K": 12}}')
+    assert resource.config().design.K == 12
+    assert resource.store().root == tmp_path.resolve()
+    from stride_assets.engine.errors import StrideConfigError
+
+    with pytest.raises(StrideConfigError, match="JSON"):
+        StrideResource(overrides_json="{not json").config()
+    with pytest.raises(StrideConfigError, match="unknown profile"):
+        StrideResource(profile="no-such-profile").config()
+
+
+def test_stage_metadata(tmp_path: Path) -> None:
+    png = tmp_path / "hist.png"
+    png.write_bytes(b"\x89PNG fake bytes")
+    result = StageResult(
+        stage="influence_scores",
+        path=tmp_path,
+        metadata={"rows": 42, "lambda": 0.2, "solver": "sklearn"},
+        markdown={"top_examples": "| a |\n|---|\n| 1 |"},
+        plots={"score_histogram": png},
+        params={},
+        metrics={},
+        curves={},
+        files=[],
+        fingerprint="f" * 64,
+    )
+    meta = stage_metadata(result)
+    assert meta["rows"] == 42 and meta["lambda"] == 0.2 and meta["solver"] == "sklearn"
+    assert meta["dagster/row_count"] == 42
+    assert meta["top_examples"] == dg.MetadataValue.md("| a |\n|---|\n| 1 |")
+    embedded = meta["score_histogram"].value
+    assert embedded.startswith("![hist](data:image/png;base64,")
+    assert base64.b64decode(embedded.split(",", 1)[1].rstrip(")")) == png.read_bytes()
+    assert meta["path"] == dg.MetadataValue.path(str(tmp_path))
