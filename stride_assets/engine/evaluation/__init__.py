@@ -1,0 +1,1 @@
+"""Judging attribution quality: counterfactual retraining, LDS, baselines, benchmarks."""
