@@ -173,6 +173,7 @@ class MlflowTracking(dg.ConfigurableResource):
             "dagster_asset_key": asset_key,
             "dagster_code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
             "stride_stage": result.stage,
+            "stride_data_version": result.fingerprint,
             **({"dagster_partition_key": context.partition_key} if context.has_partition_key else {}),
             **dict(extra_tags or {}),
         }

@@ -38,7 +38,17 @@ def batch_of(n=24, T=12, seed=0):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-MODELS = {"gpt2": gpt2, "llama": llama}
+def qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+MODELS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
 
 
 @pytest.mark.parametrize("arch", MODELS)

@@ -201,6 +201,13 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
 
 
+def check_model_path(path: str | None, tokenizer_path: str | None = None) -> None:
+    """Cheap early check (no loading): a local-looking model/tokenizer path must be an existing folder."""
+    for p in (path, tokenizer_path):
+        if p is not None and _looks_local(p) and not Path(p).expanduser().is_dir():
+            raise StrideInputError(f"model path {p!r} could not be loaded: it is not an existing local folder")
+
+
 def load_model(
     path: str, *, tokenizer_path: str | None = None, trust_remote_code: bool = False, dtype: str = "float32"
 ) -> tuple[PreTrainedModel, Any]:

@@ -1,7 +1,7 @@
 """The facade: run the stages of a STRIDE run by name, all of them, or summarise a finished run.
 
     from stride_assets.engine.config import load_config
-    from stride_assets.engine.artifacts import Store
+    from stride_assets.engine.artifacts import Store, file_digest
     from stride_assets.engine import pipeline
     results = pipeline.run_all(load_config("default"), Store(".stride/store"))
     print(pipeline.summary(Store(".stride/store")))
@@ -15,7 +15,7 @@ from typing import Callable
 import polars as pl
 
 from stride_assets.engine import stages
-from stride_assets.engine.artifacts import Store
+from stride_assets.engine.artifacts import Store, file_digest
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.query import attribute
 from stride_assets.engine.result import StageResult
@@ -54,6 +54,9 @@ def run_stage(name: str, cfg: StrideConfig, store: Store, log: Callable[[str], N
     start = time.perf_counter()
     result = getattr(stages, name)(cfg, store, log)
     result.metadata.setdefault("seconds", time.perf_counter() - start)
+    corpus = store.path("training_corpus", "train.parquet")
+    if corpus.exists():  # every run records which data it saw
+        result.params.setdefault("data_version", file_digest(corpus)[:16])
     return result
 
 

@@ -23,7 +23,7 @@ from stride_assets.engine.artifacts import Store, file_digest, read_json, write_
 from stride_assets.engine.backbone import make_site, take
 from stride_assets.engine.config import StrideConfig, resolve_device
 from stride_assets.engine.curation import curate
-from stride_assets.engine.design import SubsetDesign, draw_design
+from stride_assets.engine.design import SubsetDesign, draw_design, validate_design
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, top_direction_energy
@@ -81,6 +81,9 @@ def training_corpus(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     """Training passages (and held-out query candidates) from the configured source."""
     passages = corpus_mod.load_passages(cfg.corpus)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
+    # fail now, not after the base model has trained, on settings that cannot work for this corpus
+    validate_design(train.height, cfg.design.K, cfg.design.d)
+    lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
     stage = store.stage("training_corpus")
     files = [write_parquet(train, stage / "train.parquet"), write_parquet(holdout, stage / "holdout.parquet")]

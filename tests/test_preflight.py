@@ -1,0 +1,67 @@
+"""Bad input fails in the first stage, with a message naming the problem, before any training."""
+
+import polars as pl
+import pytest
+
+from stride_assets.engine import pipeline
+from stride_assets.engine.artifacts import Store
+from stride_assets.engine.config import load_config
+from stride_assets.engine.errors import StrideConfigError, StrideInputError
+
+
+def run_first_stage(tmp_path, **overrides):
+    cfg = load_config("micro", overrides)
+    return pipeline.run_stage("training_corpus", cfg, Store(tmp_path / "store"), log=lambda _: None)
+
+
+def test_micro_first_stage_passes(tmp_path):
+    result = run_first_stage(tmp_path)
+    assert result.metadata["rows"] > 100
+
+
+def test_bad_design_fails_in_the_corpus_stage(tmp_path):
+    with pytest.raises(StrideConfigError, match="too large"):
+        run_first_stage(tmp_path, design={"K": 5000, "d": 2})
+    with pytest.raises(StrideConfigError, match="d < K"):
+        run_first_stage(tmp_path, design={"K": 8, "d": 8})
+
+
+def test_unknown_local_model_path_fails_in_the_corpus_stage(tmp_path):
+    with pytest.raises(StrideInputError, match="not an existing local folder"):
+        run_first_stage(tmp_path, model={"path": str(tmp_path / "no-such-model")})
+
+
+def test_empty_corpus_file(tmp_path):
+    path = tmp_path / "empty.parquet"
+    pl.DataFrame({"text": []}, schema={"text": pl.Utf8}).write_parquet(path)
+    with pytest.raises(StrideInputError, match="empty"):
+        run_first_stage(tmp_path, corpus={"source": "files", "paths": [str(path)]})
+
+
+def test_missing_text_column(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pl.DataFrame({"body": ["some text that is long enough to keep around"] * 5}).write_parquet(path)
+    with pytest.raises(StrideInputError, match="text"):
+        run_first_stage(tmp_path, corpus={"source": "files", "paths": [str(path)]})
+
+
+def test_non_string_rows(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "a perfectly normal passage of text here"}\n{"text": 42}\n')
+    with pytest.raises(StrideInputError, match="row 1"):
+        run_first_stage(tmp_path, corpus={"source": "files", "paths": [str(path)]})
+
+
+def test_nothing_is_written_when_the_first_stage_fails(tmp_path):
+    with pytest.raises(StrideConfigError):
+        run_first_stage(tmp_path, design={"K": 5000, "d": 2})
+    assert not (tmp_path / "store" / "training_corpus" / "train.parquet").exists()
+
+
+def test_unknown_profile_and_bad_values_are_config_errors():
+    with pytest.raises(StrideConfigError, match="unknown profile"):
+        load_config("no-such-profile")
+    with pytest.raises(StrideConfigError, match="lambda_ratio"):
+        load_config("micro", {"recovery": {"lambda_ratio": 1.5}})
+    with pytest.raises(StrideConfigError, match="extra|Extra"):
+        load_config("micro", {"design": {"k": 3}})
