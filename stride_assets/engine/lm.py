@@ -135,6 +135,7 @@ def train_lm(
     device: str = "cpu",
     log_every: int = 50,
     log: Callable[[str], Any] = print,
+    on_step: Callable[[int, float], Any] | None = None,
 ) -> list[dict[str, float]]:
     """Fit ``model`` to next-token prediction on the examples; return the loss curve.
 
@@ -142,6 +143,8 @@ def train_lm(
     NLL over real target tokens of the batch. Weight decay applies to matrices only (not biases or
     norms); gradients are clipped to norm 1. The curve holds ``{"step", "loss"}`` at step 0, every
     ``log_every`` steps and the last step. The model ends frozen (eval mode, no grads) on ``device``.
+    ``on_step(step, lr)``, if given, runs after every optimizer step with the learning rate that step
+    used (e.g. to keep checkpoints for TracIn).
     """
     if steps < 1 or batch_size < 1 or log_every < 1:
         raise StrideConfigError(f"steps, batch_size and log_every must be >= 1 (got {steps}, {batch_size}, {log_every})")
@@ -171,6 +174,8 @@ def train_lm(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if on_step is not None:
+            on_step(step, opt.param_groups[0]["lr"])
         sched.step()
         if step % log_every == 0 or step == steps - 1:
             value = loss.item()

@@ -1,0 +1,205 @@
+"""One benchmark run: ground truth by retraining, every method scored on the same subsets.
+
+Protocol
+1. Train the base model on all training data (the task's recipe).
+2. Ground truth: m random subsets (``fraction`` of the data, own seed, independent of STRIDE's
+   design), a model retrained on each, every test query's loss recorded (averaged over
+   ``seeds`` retraining seeds). A second, independent *validation* draw of retrains scores the
+   validation queries: every setting a method can choose (lambda, damping, ...) is chosen
+   there, never on the subsets that produce the reported LDS.
+3. Noise ceiling: the first ``noise_subsets`` subsets retrained with another seed; the per-query
+   Spearman between the two seeds' losses bounds what any method can reach.
+4. Each method scores the test queries; LDS per query; seconds split into one-time and
+   per-query cost; peak RSS.
+5. Counterfactual removal: for a few test queries, each method's top-k examples (and k random
+   ones) removed, the model retrained, the rise of the query loss recorded.
+
+Outputs (in ``out``): eval_subsets.parquet, retrained_losses.parquet, scores/<method>.parquet,
+report.json ({method: {lds_mean, lds_std, n_nan, seconds, peak_rss_mb, ...}, "protocol": ...}).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+
+from stride_assets.engine.artifacts import write_json, write_parquet
+from stride_assets.engine.evaluation import stride_method
+from stride_assets.engine.evaluation.lds import lds, seed_agreement
+from stride_assets.engine.evaluation.meter import metered
+from stride_assets.engine.evaluation.task import Task, Trained, draw_subsets
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Protocol:
+    m: int = 64
+    fraction: float = 0.5
+    seed: int = 1000  # evaluation subsets (independent of STRIDE's design seed)
+    seeds: int = 1  # retraining seeds averaged per subset
+    m_val: int = 24  # validation draw, for choosing settings
+    val_seed: int = 2000
+    noise_subsets: int = 8
+    noise_seed: int = 7
+    removal_queries: int = 5
+    removal_ks: list[int] = field(default_factory=lambda: [10, 50])
+    removal_random: int = 3
+    model_seed: int = 0
+
+
+@dataclass
+class MethodSpec:
+    """A method to score: a baseline from the registry, or a STRIDE variant, with a settings grid."""
+
+    name: str
+    kind: str  # "baseline" or "stride"
+    settings: dict[str, Any] = field(default_factory=dict)  # fixed settings (baseline kwargs)
+    grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # alternatives chosen on validation
+    stride: stride_method.StrideSettings | None = None
+
+
+def ground_truth(task: Task, subsets: np.ndarray, seeds: int, first_seed: int) -> dict[str, np.ndarray]:
+    """Query losses per split averaged over ``seeds`` retraining seeds: {split: (m, Q)}."""
+    runs = [task.retrain_losses(subsets, seed=first_seed + s) for s in range(seeds)]
+    return {split: np.mean([r[split] for r in runs], axis=0) for split in runs[0]}
+
+
+def noise_ceiling(task: Task, subsets: np.ndarray, seed_a: int, seed_b: int) -> dict[str, Any]:
+    """Seed-to-seed agreement of retrained test losses on the same subsets (one seed each)."""
+    a = task.retrain_losses(subsets, seed=seed_a)["test"]
+    b = task.retrain_losses(subsets, seed=seed_b)["test"]
+    return {**seed_agreement(a, b).as_dict(), "subsets": len(subsets)}
+
+
+def _score_baseline(task: Task, trained: Trained, spec: MethodSpec, split: str, settings: dict[str, Any]):
+    from stride_assets.engine.evaluation.methods import METHODS
+
+    return METHODS[spec.name.split(":")[0]](task, trained, split, **{**spec.settings, **settings})
+
+
+def _lds_of(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> float:
+    value = lds(scores, subsets, losses).mean
+    return -np.inf if np.isnan(value) else value
+
+
+def run_method(task: Task, trained: Trained, spec: MethodSpec, val: tuple[np.ndarray, np.ndarray],
+               log: Log) -> tuple[np.ndarray, dict[str, Any]]:
+    """Choose settings on the validation draw, then score the test queries. Returns scores and stats."""
+    val_subsets, val_losses = val
+    n_test = len(task.query_ids["test"])
+    with metered() as meter:
+        if spec.kind == "stride":
+            fitted = stride_method.fit(task, trained, spec.stride, log=log)
+            Y_val, _ = stride_method.measure(task, fitted, "val")
+            choices = []
+            for option in spec.grid:
+                rc = spec.stride.recovery.model_copy(update=option)
+                choices.append((_lds_of(stride_method.decode(Y_val, fitted, rc)[0], val_subsets, val_losses), option))
+            best_val, best = max(choices, key=lambda c: c[0])
+            Y, measure_s = stride_method.measure(task, fitted, "test")
+            scores, decode_s = stride_method.decode(Y, fitted, spec.stride.recovery.model_copy(update=best))
+            one_time, per_query = fitted.one_time_seconds, (measure_s + decode_s) / max(1, n_test)
+            extra = {"diagnostics": fitted.diagnostics,
+                     "final_losses": {k: v for k, v in fitted.log.rows[-1].items() if k != "step"} if fitted.log.rows else {}}
+        else:
+            choices = []
+            for option in spec.grid:
+                res = _score_baseline(task, trained, spec, "val", option)
+                choices.append((_lds_of(res.scores, val_subsets, val_losses), option))
+            best_val, best = max(choices, key=lambda c: c[0])
+            res = _score_baseline(task, trained, spec, "test", best)
+            scores, one_time, per_query, extra = res.scores, res.one_time_seconds, res.per_query_seconds, {}
+    stats = {"seconds": meter.seconds, "peak_rss_mb": meter.peak_rss_mb, "one_time_seconds": one_time,
+             "per_query_seconds": per_query, "chosen": best, "val_lds": best_val,
+             "grid": [{"setting": o, "val_lds": v} for v, o in choices], **extra}
+    return np.asarray(scores, dtype=np.float64), stats
+
+
+def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, log: Log) -> dict[str, Any]:
+    """Loss rise of a few test queries when each method's top-k (or k random) examples are removed."""
+    rng = np.random.default_rng(p.seed + 17)
+    n, Q = task.n, len(task.query_ids["test"])
+    queries = sorted(rng.choice(Q, size=min(p.removal_queries, Q), replace=False).tolist())
+    rows, keep = [], []
+    for q in queries:
+        for k in p.removal_ks:
+            if k >= n:
+                continue
+            for method, scores in [*named_scores.items(), *[(f"random#{r}", None) for r in range(p.removal_random)]]:
+                drop = np.argsort(-scores[q])[:k] if scores is not None else rng.choice(n, size=k, replace=False)
+                mask = np.ones(n, dtype=bool)
+                mask[drop] = False
+                keep.append(mask)
+                rows.append((q, k, method.split("#")[0]))
+    full = ground_truth(task, np.ones((1, n), dtype=bool), 1, p.model_seed)["test"][0]
+    log(f"removal: {len(keep)} retrains")
+    losses = ground_truth(task, np.stack(keep), 1, p.model_seed)["test"]
+    frame = pl.DataFrame({"query": [r[0] for r in rows], "k": [r[1] for r in rows], "method": [r[2] for r in rows],
+                          "rise": [float(losses[j, q] - full[q]) for j, (q, _, _) in enumerate(rows)]})
+    table = frame.group_by(["method", "k"]).agg(pl.col("rise").mean()).sort(["k", "rise"], descending=[False, True])
+    return {"queries": [task.query_ids["test"][q] for q in queries], "ks": p.removal_ks,
+            "mean_loss_rise": {f"{m}@{k}": float(r) for m, k, r in table.iter_rows()}}
+
+
+def _scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
+    q, i = np.nonzero(scores)
+    return pl.DataFrame({"query_id": np.asarray(task.query_ids["test"], dtype=object)[q].tolist(),
+                         "example_id": np.asarray(task.example_ids, dtype=object)[i].tolist(),
+                         "score": scores[q, i].astype(np.float32)})
+
+
+def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Protocol | None = None,
+                  log: Log = print, removal: bool = True) -> dict[str, Any]:
+    """Run the whole protocol and write its files under ``out``; returns the report."""
+    p = protocol or Protocol()
+    out = Path(out)
+    started = time.perf_counter()
+    log(f"[{task.name}] base model on n={task.n}")
+    with metered() as base_meter:
+        trained = task.train(None, seed=p.model_seed, checkpoints=10)
+    base = {split: float(task.query_losses(trained.model, split).mean()) for split in task.query_ids}
+    subsets = draw_subsets(task.n, p.m, p.fraction, p.seed)
+    val_subsets = draw_subsets(task.n, p.m_val, p.fraction, p.val_seed)
+    log(f"[{task.name}] ground truth: {p.m} + {p.m_val} retrains x {p.seeds} seed(s)")
+    with metered() as gt_meter:
+        truth = ground_truth(task, subsets, p.seeds, p.model_seed)
+        val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed)
+        ceiling = noise_ceiling(task, subsets[: p.noise_subsets], p.model_seed, p.noise_seed)
+    ex_ids = np.asarray(task.example_ids, dtype=object)
+    write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), subsets.sum(1)),
+                                "example_id": ex_ids[np.nonzero(subsets)[1]].tolist()}), out / "eval_subsets.parquet")
+    Q = len(task.query_ids["test"])
+    write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), Q),
+                                "query_id": np.tile(np.asarray(task.query_ids["test"], dtype=object), p.m).tolist(),
+                                "loss": truth["test"].ravel()}), out / "retrained_losses.parquet")
+    report: dict[str, Any] = {}
+    all_scores: dict[str, np.ndarray] = {}
+    for spec in specs:
+        log(f"[{task.name}] method {spec.name}")
+        try:
+            scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]), log=lambda _: None)
+        except Exception as exc:  # one broken method must not sink the others; it is reported
+            report[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"[{task.name}]   {spec.name} failed: {exc}")
+            continue
+        result = lds(scores, subsets, truth["test"])
+        report[spec.name] = {**result.as_dict(), **stats}
+        all_scores[spec.name] = scores
+        write_parquet(_scores_frame(scores, task), out / "scores" / f"{spec.name}.parquet")
+        log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)")
+    if removal and all_scores:
+        report["removal"] = removal_test(task, all_scores, p, log)
+    report["noise_ceiling"] = ceiling
+    report["base_model"] = {f"{split}_loss": v for split, v in base.items()} | {
+        "train_seconds": base_meter.seconds, **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}
+    report["protocol"] = {**asdict(p), "task": task.name, "n": task.n,
+                          "queries": {s: len(ids) for s, ids in task.query_ids.items()},
+                          "ground_truth_seconds": gt_meter.seconds, "total_seconds": time.perf_counter() - started}
+    write_json(report, out / "report.json")
+    return report
