@@ -53,13 +53,13 @@ def prepare_dagster_home() -> Path:
 
 
 def storage_root() -> Path:
-    from stride_assets.resources import default_storage_root
+    from stride_assets.tracking import default_storage_root
 
     return Path(default_storage_root()).expanduser().resolve()
 
 
 def tracking_uri() -> str:
-    from stride_assets.resources import default_tracking_uri
+    from stride_assets.tracking import default_tracking_uri
 
     return default_tracking_uri()
 
@@ -224,7 +224,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    from stride_assets.resources import default_artifact_root, sqlite_path
+    from stride_assets.tracking import default_artifact_root, sqlite_path
 
     uri = tracking_uri()
     if db := sqlite_path(uri):

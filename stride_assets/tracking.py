@@ -1,0 +1,125 @@
+"""MLflow plumbing shared by the Dagster resource and the CLI (no Dagster import here).
+
+Defaults: SQLite store ``sqlite:///<repo>/.stride/mlflow.db`` (or ``$MLFLOW_TRACKING_URI``),
+artifacts in ``mlartifacts/`` beside the database. mlflow is imported lazily (about 4 s cold).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Iterable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STRIDE_DIR = REPO_ROOT / ".stride"
+MLFLOW_UI_URL = "http://127.0.0.1:5000"
+
+# MLflow's per-call limits for log_batch.
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAM_VALUE_CHARS = 6000
+
+
+def default_storage_root() -> str:
+    return os.environ.get("STRIDE_HOME") or str(STRIDE_DIR / "store")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STRIDE_DIR / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other backends)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
+def default_artifact_root(tracking_uri: str | None = None) -> str | None:
+    """``mlartifacts/`` beside a SQLite tracking DB (so <repo>/.stride/mlartifacts by default);
+    None for a tracking server, which then applies its own default."""
+    db = sqlite_path(tracking_uri or default_tracking_uri())
+    return (db.parent / "mlartifacts").as_uri() if db else None
+
+
+def client(tracking_uri: str) -> Any:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if db := sqlite_path(tracking_uri):
+        db.parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(mlflow_client: Any, name: str, artifact_root: str | None) -> str:
+    """The experiment's id, creating it with an explicit artifact location (never cwd-relative)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_root)
+    except MlflowException:  # created concurrently by another process
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def log_run(
+    mlflow_client: Any,
+    exp_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any] = {},
+    metrics: Mapping[str, Any] = {},
+    curves: Mapping[str, Iterable[tuple[int, float]]] = {},
+    texts: Mapping[str, str] = {},
+    artifacts: Mapping[str, Iterable[Path]] = {},
+) -> str:
+    """One finished MLflow run (FAILED, and the error re-raised, if logging breaks). Returns its id.
+
+    ``texts``: artifact file name -> content; ``artifacts``: artifact folder -> local files.
+    Non-numeric metrics are skipped; params are stringified and cut to MLflow's limit.
+    """
+    from mlflow.entities import Metric, Param
+
+    run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
+    try:
+        plist = [Param(str(k), str(v)[:_MAX_PARAM_VALUE_CHARS]) for k, v in params.items()]
+        for batch in _chunks(plist, _MAX_PARAMS_PER_BATCH):
+            mlflow_client.log_batch(run_id, params=batch)
+        now = int(time.time() * 1000)
+        mlist = [Metric(str(k), f, now, 0) for k, v in metrics.items() if (f := _as_float(v)) is not None]
+        mlist += [Metric(str(name), float(v), now, int(step)) for name, series in curves.items() for step, v in series]
+        for batch in _chunks(mlist, _MAX_METRICS_PER_BATCH):
+            mlflow_client.log_batch(run_id, metrics=batch)
+        for name, text in texts.items():
+            mlflow_client.log_text(run_id, text, name)
+        for folder, paths in artifacts.items():
+            for path in paths:
+                mlflow_client.log_artifact(run_id, str(path), artifact_path=folder)
+    except BaseException:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    mlflow_client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def run_url(ui_url: str, exp_id: str, run_id: str) -> str:
+    return f"{ui_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
