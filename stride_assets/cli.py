@@ -207,6 +207,32 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- stride bench ------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stride_assets.engine.evaluation import bench, report, suites
+
+    suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed)
+    specs = suite.specs
+    if args.methods:
+        wanted = {m.strip() for m in args.methods.split(",")}
+        unknown = wanted - {s.name for s in specs}
+        if unknown:
+            raise CliError(f"unknown or inapplicable methods {sorted(unknown)}; available: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in wanted]
+    out = Path(args.out).expanduser().resolve()
+    print(f"stride bench {args.name} ({'quick' if args.quick else 'full'} protocol) -> {out}", flush=True)
+    result = bench.run_benchmark(suite.task, specs, out, suite.protocol, log=lambda m: print(m, flush=True),
+                                 removal=not args.no_removal)
+    print("\n" + report.table(result))
+    if not args.no_mlflow:
+        run_id = report.log_to_mlflow(result, out, tracking_uri())
+        print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
 # --- stride ui / mlflow-ui ----------------------------------------------------------------------
 
 
@@ -258,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--top-k", type=int, default=10, help="examples per query (default: 10)")
     attr.add_argument("--store", metavar="DIR", help=store_help)
     attr.set_defaults(func=cmd_attribute)
+
+    b = sub.add_parser("bench", help="measure attribution quality (LDS against real retraining) on a benchmark")
+    b.add_argument("name", metavar="NAME", help="digits-mlp, pydoc-gpt, or a data file (with --label or --text)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json, scores/, ...)")
+    b.add_argument("--quick", action="store_true", help="reduced protocol for smoke tests")
+    b.add_argument("--label", metavar="COL", help="label column of a tabular file (numeric features)")
+    b.add_argument("--text", metavar="COL", help="text column of a text file")
+    b.add_argument("--methods", help="comma-separated subset of methods (default: all applicable)")
+    b.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
+    b.add_argument("--no-removal", action="store_true", help="skip the counterfactual-removal retrains")
+    b.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    b.set_defaults(func=cmd_bench)
 
     ui = sub.add_parser("ui", help=f"the Dagster UI (dagster dev) on http://{HOST}:{DAGSTER_PORT}")
     ui.add_argument("--port", type=int, default=DAGSTER_PORT)

@@ -89,7 +89,9 @@ class DesignConfig(_Strict):
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
 
-    form: Literal["activation", "logit"] = "activation"
+    form: Literal["activation", "logit", "input"] = Field(
+        "activation", description="activation (residual stream at `layer`), logit, or input (classifiers only)"
+    )
     layer: int | None = Field(None, description="decoder layer whose input is steered; None = round(2/3 depth)")
     rank: int = Field(16, ge=1)
     basis: Literal["linear", "mlp"] = "linear"

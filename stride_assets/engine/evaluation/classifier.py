@@ -91,11 +91,12 @@ def _stacked_logits(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor
     return torch.baddbmm(p["out.bias"].unsqueeze(1), h, p["out.weight"].transpose(1, 2))
 
 
-def _l2(params: list[torch.Tensor], model_axis: bool) -> torch.Tensor:
-    """Sum of squared parameters: a scalar, or per model (m,) over stacked parameters."""
-    if model_axis:
-        return sum(p.pow(2).flatten(1).sum(1) for p in params)  # type: ignore[return-value]
-    return sum(p.pow(2).sum() for p in params)  # type: ignore[return-value]
+def _adam(params: list[torch.Tensor], recipe: MLPRecipe) -> torch.optim.Adam:
+    """Adam whose (coupled) weight decay adds wd * theta to the gradient: the L2 term wd/2 ||theta||^2.
+
+    The update is elementwise, so one Adam over stacked parameters equals one Adam per model.
+    """
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 class ClassifierSite:
@@ -118,7 +119,7 @@ class ClassifierSite:
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:
-        x = batch["x"].float()
+        x = batch["x"]
         return (x if self.form == "input" else self.model.features(x)).unsqueeze(1)
 
     def logits(self, feats: torch.Tensor, batch: Batch, shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,8 +202,9 @@ class ClassifierTask:
 
     def new_model(self, seed: int = 0) -> MLP:
         """An untrained MLP with the recipe's deterministic initialisation for ``seed``."""
-        model = MLP(self.n_features, self.recipe.hidden, self.n_classes)
-        model.load_state_dict(init_params(self.n_features, self.recipe.hidden, self.n_classes, seed))
+        rc = self.recipe
+        model = MLP(self.n_features, rc.hidden, self.n_classes)
+        model.load_state_dict(init_params(self.n_features, rc.hidden, self.n_classes, seed))
         return model
 
     def train(self, indices: np.ndarray | None = None, seed: int = 0, checkpoints: int = 0) -> Trained:
@@ -214,18 +216,21 @@ class ClassifierTask:
         """
         start = time.perf_counter()
         rc = self.recipe
+        if not 0 <= checkpoints <= rc.steps:
+            raise StrideConfigError(f"checkpoints must lie in 0..{rc.steps} (the recipe's steps), got {checkpoints}")
         batch = self.train_batch(indices)
+        if len(batch["y"]) == 0:
+            raise StrideInputError("cannot train on an empty subset")
         model = self.new_model(seed).train()
-        opt = torch.optim.Adam(model.parameters(), lr=rc.lr)
-        saves = {round((j + 1) * rc.steps / checkpoints): j for j in range(checkpoints)} if checkpoints else {}
+        opt = _adam(list(model.parameters()), rc)
+        saves = {round((j + 1) * rc.steps / checkpoints) for j in range(checkpoints)}
         ckpts: list[tuple[float, dict[str, torch.Tensor]]] = []
         last_save = 0
         for step in range(rc.steps):
             for group in opt.param_groups:
                 group["lr"] = rc.lr_at(step)
             opt.zero_grad(set_to_none=True)
-            objective = self.example_loss(model, batch).mean() + rc.weight_decay / 2 * _l2(list(model.parameters()), False)
-            objective.backward()
+            self.example_loss(model, batch).mean().backward()
             opt.step()
             if step + 1 in saves:
                 lr = float(np.mean([rc.lr_at(s) for s in range(last_save, step + 1)]))
@@ -270,15 +275,14 @@ class ClassifierTask:
         w = torch.from_numpy(weight)
         init = init_params(self.n_features, rc.hidden, self.n_classes, seed)
         params = {k: v.unsqueeze(0).repeat(m, *([1] * v.dim())).requires_grad_(True) for k, v in init.items()}
-        opt = torch.optim.Adam(list(params.values()), lr=rc.lr)
+        opt = _adam(list(params.values()), rc)
         for step in range(rc.steps):
             for group in opt.param_groups:
                 group["lr"] = rc.lr_at(step)
             opt.zero_grad(set_to_none=True)
             logits = _stacked_logits(params, x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m, width)
-            per_model = (ce * w).sum(1) + rc.weight_decay / 2 * _l2(list(params.values()), True)
-            per_model.sum().backward()
+            (ce * w).sum().backward()  # sum over models of each model's mean over its members
             opt.step()
         out = {}
         with torch.no_grad():
@@ -327,7 +331,15 @@ class ClassifierTask:
 
 
 def _split_task(
-    name: str, X: np.ndarray, y: np.ndarray, ids: list[str], n_val: int, n_test: int, seed: int, n_classes: int
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    ids: list[str],
+    n_val: int,
+    n_test: int,
+    seed: int,
+    n_classes: int,
+    recipe: MLPRecipe | None,
 ) -> ClassifierTask:
     """Seeded permutation -> train / val / test (in that order); standardise with train statistics."""
     order = np.random.default_rng(seed).permutation(len(y))
@@ -344,16 +356,17 @@ def _split_task(
         n_classes=n_classes,
         example_ids=[ids[i] for i in parts["train"]],
         query_ids={split: [ids[i] for i in parts[split]] for split in SPLITS},
+        recipe=recipe,
     )
 
 
-def digits_task(seed: int = 0) -> ClassifierTask:
+def digits_task(seed: int = 0, recipe: MLPRecipe | None = None) -> ClassifierTask:
     """scikit-learn's digits: 1,300 train / 197 val / 300 test, 64 standardised pixels, 10 classes."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     ids = [f"digits/{i:04d}" for i in range(len(y))]
-    return _split_task("digits", X.astype(np.float64), y, ids, n_val=197, n_test=300, seed=seed, n_classes=10)
+    return _split_task("digits", X, y, ids, n_val=197, n_test=300, seed=seed, n_classes=10, recipe=recipe)
 
 
 def _read_table(path: Path) -> pl.DataFrame:
@@ -368,9 +381,9 @@ def _read_table(path: Path) -> pl.DataFrame:
 
 
 def _missing(series: pl.Series) -> int:
-    """Nulls plus NaNs in a column."""
-    nan = int(series.is_nan().sum()) if series.dtype.is_float() else 0
-    return series.null_count() + nan
+    """Nulls, NaNs and infinities in a column."""
+    bad = int(series.is_nan().sum()) + int(series.is_infinite().sum()) if series.dtype.is_float() else 0
+    return series.null_count() + bad
 
 
 def tabular_task(
@@ -381,6 +394,7 @@ def tabular_task(
     val_fraction: float = 0.1,
     test_fraction: float = 0.15,
     max_rows: int | None = None,
+    recipe: MLPRecipe | None = None,
 ) -> ClassifierTask:
     """A classifier task from a parquet/csv table: every column but ``label`` is a numeric feature.
 
@@ -399,7 +413,7 @@ def tabular_task(
         raise StrideInputError(f"{path}: feature columns must be numeric; not numeric: {', '.join(bad)}")
     for c in [*features, label]:
         if (k := _missing(df[c])) > 0:
-            raise StrideInputError(f"{path}: column {c!r} has {k} missing values (null or NaN)")
+            raise StrideInputError(f"{path}: column {c!r} has {k} missing values (null, NaN or inf)")
     rows = np.arange(df.height)
     if max_rows is not None and df.height > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(df.height, size=max_rows, replace=False))
@@ -414,4 +428,6 @@ def tabular_task(
         )
     X = df.select(features).cast(pl.Float64).to_numpy()
     ids = [f"row/{i:06d}" for i in rows]
-    return _split_task(path.stem, X, y, ids, n_val=n_val, n_test=n_test, seed=seed, n_classes=len(classes))
+    return _split_task(
+        path.stem, X, y, ids, n_val=n_val, n_test=n_test, seed=seed, n_classes=len(classes), recipe=recipe
+    )

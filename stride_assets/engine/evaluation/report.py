@@ -1,0 +1,60 @@
+"""Reading a benchmark report: a table of methods, and its MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+RESERVED = {"protocol", "noise_ceiling", "base_model", "removal"}
+
+
+def method_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(method, stats) pairs, best LDS first; failed methods last."""
+    rows = [(k, v) for k, v in report.items() if k not in RESERVED]
+    return sorted(rows, key=lambda kv: -kv[1].get("lds_mean", float("-inf")) if "error" not in kv[1] else float("inf"))
+
+
+def table(report: dict[str, Any]) -> str:
+    """A markdown table: method, LDS mean ± std, NaN queries, seconds (one-time / per query), peak RSS."""
+    lines = ["| method | LDS | n_nan | seconds | one-time s | per-query s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for name, s in method_rows(report):
+        if "error" in s:
+            lines.append(f"| {name} | failed: {s['error'][:80]} | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {s['lds_mean']:.3f} ± {s['lds_std']:.3f} | {s['n_nan']} | {s['seconds']:.1f} | "
+            f"{s['one_time_seconds']:.1f} | {s['per_query_seconds']:.4f} | {s['peak_rss_mb']:.0f} |"
+        )
+    ceiling, base = report.get("noise_ceiling", {}), report.get("base_model", {})
+    p = report.get("protocol", {})
+    lines.append("")
+    lines.append(
+        f"protocol: task {p.get('task')}, n={p.get('n')}, queries {p.get('queries')}, m={p.get('m')} subsets of "
+        f"{p.get('fraction')}, {p.get('seeds')} seed(s); noise ceiling (seed-to-seed Spearman) "
+        f"{ceiling.get('lds_mean', float('nan')):.3f} on {ceiling.get('subsets')} subsets; base test loss "
+        f"{base.get('test_loss', float('nan')):.3f}"
+    )
+    if "removal" in report:
+        rises = ", ".join(f"{k} {v:+.4f}" for k, v in report["removal"]["mean_loss_rise"].items())
+        lines.append(f"counterfactual removal, mean query-loss rise: {rises}")
+    return "\n".join(lines)
+
+
+def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
+    """One MLflow run per benchmark: LDS and cost per method as metrics, the report as an artifact."""
+    from stride_assets import tracking
+
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
+    p = report["protocol"]
+    metrics = {}
+    for name, s in method_rows(report):
+        for key in ("lds_mean", "lds_std", "n_nan", "seconds", "one_time_seconds", "per_query_seconds", "peak_rss_mb"):
+            if key in s:
+                metrics[f"{name}.{key}"] = s[key]
+    metrics["noise_ceiling"] = report.get("noise_ceiling", {}).get("lds_mean", float("nan"))
+    metrics.update({f"base.{k}": v for k, v in report.get("base_model", {}).items()})
+    params = {k: v for k, v in p.items() if not isinstance(v, dict)}
+    return tracking.log_run(client, exp_id, f"bench {p['task']}", {"stride_bench": p["task"]}, params=params,
+                            metrics=metrics, texts={"table.md": table(report)},
+                            artifacts={"": [Path(out) / "report.json"]})
