@@ -26,10 +26,17 @@ def defs() -> dg.Definitions:
     return loaded
 
 
-def test_asset_graph_is_the_eight_stages(defs: dg.Definitions) -> None:
+EVALUATION = {"eval_subsets": {"training_corpus"}, "retrained_losses": {"eval_subsets", "query_set", "base_model"},
+              "lds_report": {"retrained_losses", "influence_scores"}}
+
+
+def test_asset_graph_is_the_eight_stages_plus_evaluation(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(STAGES)
+    assert keys == set(STAGES) | set(EVALUATION)
+    for key, parents in EVALUATION.items():
+        assert {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys} == parents, key
+    assert graph.get(dg.AssetKey("retrained_losses")).partitions_def is not None
     assert len(STAGES) == 8
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
@@ -45,14 +52,14 @@ def test_groups(defs: dg.Definitions) -> None:
     groups: dict[str, set[str]] = {}
     for key in graph.get_all_asset_keys():
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
-    assert groups == EXPECTED_GROUPS
+    assert groups == {**EXPECTED_GROUPS, "evaluation": set(EVALUATION)}
     assert set(GROUPS) == set(STAGES)
 
 
 def test_checks_attach_to_stages(defs: dg.Definitions) -> None:
     check_keys = defs.resolve_asset_graph().asset_check_keys
     assert check_keys, "no asset checks loaded"
-    assert {k.asset_key.to_user_string() for k in check_keys} <= set(STAGES)
+    assert {k.asset_key.to_user_string() for k in check_keys} <= set(STAGES) | {"lds_report"}
     assert {"steering_operators", "influence_scores", "curated_dataset"} <= {
         k.asset_key.to_user_string() for k in check_keys
     }

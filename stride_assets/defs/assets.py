@@ -73,6 +73,17 @@ def stage_metadata(result: StageResult) -> dict[str, Any]:
     return meta
 
 
+def materialize_result(
+    context: dg.AssetExecutionContext, result: StageResult, stride: StrideResource, mlflow: MlflowTracking
+) -> dg.MaterializeResult:
+    """Log a stage result to MLflow and hand its metadata and data version to Dagster."""
+    tracking = mlflow.log_stage(context, result, extra_tags={"stride_profile": stride.profile})
+    return dg.MaterializeResult(
+        metadata={**stage_metadata(result), **tracking},
+        data_version=dg.DataVersion(result.fingerprint),
+    )
+
+
 def stage_asset(stage: str, code_version: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=stage,
@@ -84,11 +95,7 @@ def stage_asset(stage: str, code_version: str) -> dg.AssetsDefinition:
     )
     def _stage(context: dg.AssetExecutionContext, stride: StrideResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
         result = run_stage(stage, stride.config(), stride.store(), log=context.log.info)
-        tracking = mlflow.log_stage(context, result, extra_tags={"stride_profile": stride.profile})
-        return dg.MaterializeResult(
-            metadata={**stage_metadata(result), **tracking},
-            data_version=dg.DataVersion(result.fingerprint),
-        )
+        return materialize_result(context, result, stride, mlflow)
 
     return _stage
 

@@ -4,7 +4,7 @@ import dagster as dg
 
 stride_job = dg.define_asset_job(
     "stride_job",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("evaluation"),
     description="Run the whole STRIDE pipeline: corpus to curated dataset, with its checks.",
 )
 

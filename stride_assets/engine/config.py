@@ -159,6 +159,16 @@ class CurationConfig(_Strict):
     )
 
 
+class EvaluationConfig(_Strict):
+    """Ground truth for the pipeline's own model: retrain its recipe on random subsets, score LDS."""
+
+    m: int = Field(64, ge=2, description="evaluation subsets (one retrain each; a Dagster partition each)")
+    fraction: float = Field(0.5, gt=0, lt=1)
+    seed: int = Field(1000, description="independent of the design seed")
+    baselines: list[str] = Field(default_factory=lambda: ["tfidf", "repsim", "grad_dot"])
+    lds_floor: float = Field(0.0, description="the LDS asset check fails when STRIDE's LDS is below this")
+
+
 class StrideConfig(_Strict):
     """Everything one attribution run needs."""
 
@@ -171,6 +181,7 @@ class StrideConfig(_Strict):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     curation: CurationConfig = Field(default_factory=CurationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -37,10 +37,14 @@ def baseline_specs(task: Task, model_probe=None) -> list[MethodSpec]:
 
 
 def classifier_stride(quick: bool) -> dict[str, StrideSettings]:
-    """STRIDE on an MLP classifier: logit form, and the hidden-layer (activation) form."""
+    """STRIDE on an MLP classifier: logit form, and the hidden-layer (activation) form.
+
+    K, d and rank were chosen on the digits validation draw (benchmarks/ablation_digits.json):
+    rank 16 -> 64 raised validation LDS 0.48 -> 0.53, K 512/d 16 -> K 1024/d 32 to 0.56.
+    """
     base = StrideSettings().with_(
-        design={"K": 128 if quick else 512, "d": 8 if quick else 16},
-        operators={"form": "logit", "rank": 16},
+        design={"K": 256 if quick else 1024, "d": 16 if quick else 32},
+        operators={"form": "logit", "rank": 64},
         training={"steps": 100 if quick else 250, "batch_size": 2048, "lr": 1e-2, "stability_weight": 1.0},
         recovery={"n_jobs": -1},
     )
