@@ -1,0 +1,366 @@
+"""Language-model benchmarks: a small GPT-2 trained from scratch on text passages.
+
+``LMTask`` implements the ``Task`` protocol (see ``task.py``) for any list of training texts
+and two query splits; ``pydoc_task`` builds it on the embedded Python docs and ``text_task`` on
+a user's parquet/jsonl file. The fixed setup, shared by the base model and every retrain:
+
+- one byte-level BPE tokenizer, trained once on the training texts (``lm.train_tokenizer``);
+- every example encoded to at most ``max_length`` tokens, right padded (``lm.encode``);
+- one recipe (``GPTRecipe``): a GPT-2 built by ``lm.build_tiny_gpt2`` and fitted by
+  ``lm.train_lm`` (AdamW, warmup + cosine, clipping). By default the number of steps scales with
+  the subset (``epochs``), so a model on half the data sees it as often as the base model sees
+  all of it; ``steps`` instead fixes the count.
+
+The training ``seed`` sets both the initialisation and the batch order. ``retrain_losses``
+uses one seed for every subset, so models differ only through their data (common random
+numbers: less seed noise across subsets); seed-to-seed noise is measured with a second seed.
+
+Fine-tuning variant (``pretrain_texts``): a base model is trained once, with seed 0, on a
+disjoint set of texts, and ``train`` fine-tunes a copy of it on the subset with the recipe.
+It exists for corpora where retraining from scratch is too slow; the pydoc benchmark trains
+from scratch (about 11 s per half-data retrain on 2 cores with the default recipe).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from stride_assets.engine import lm
+from stride_assets.engine.backbone import Batch, Site, make_site, take
+from stride_assets.engine.config import CorpusConfig, TinyModelConfig
+from stride_assets.engine.corpus import load_passages
+from stride_assets.engine.errors import StrideConfigError, StrideInputError
+from stride_assets.engine.evaluation.task import Trained
+from stride_assets.engine.losses import sequence_nll
+
+SPLITS = ("val", "test")
+Log = Callable[[str], Any]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class GPTRecipe:
+    """How every model of an LM task is built and trained (base model and retrains alike).
+
+    Exactly one of ``epochs`` (steps = ceil(epochs * examples / batch_size), scaling with the
+    subset) and ``steps`` (a fixed count) is set.
+    """
+
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    vocab_size: int = 2048
+    max_length: int = 64
+    epochs: float | None = 8.0
+    steps: int | None = None
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise StrideConfigError(f"GPTRecipe needs exactly one of epochs or steps (got {self.epochs}, {self.steps})")
+        if (self.epochs is not None and self.epochs <= 0) or (self.steps is not None and self.steps < 1):
+            raise StrideConfigError(f"GPTRecipe: epochs must be > 0 and steps >= 1 (got {self.epochs}, {self.steps})")
+
+    def steps_for(self, n_examples: int) -> int:
+        """Optimizer steps when training on ``n_examples`` examples."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))  # type: ignore[operator]
+
+    def model_config(self, seed: int) -> TinyModelConfig:
+        """The architecture (and initialisation seed) in the form ``lm.build_tiny_gpt2`` takes."""
+        return TinyModelConfig(
+            vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+            batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=seed,
+        )
+
+
+QUICK_RECIPE = GPTRecipe(n_layer=2, n_embd=64, n_head=2, vocab_size=1024, epochs=4.0)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _crop(batch: Batch, device: torch.device) -> Batch:
+    """Drop the all-padding columns on the right and move to ``device``."""
+    width = int(batch["attention_mask"].sum(1).max())
+    return {k: v[:, :width].to(device) for k, v in batch.items()}
+
+
+class LMTask:
+    """A ``Task`` over text passages: next-token NLL of a GPT-2 trained with ``GPTRecipe``.
+
+    ``query_texts`` maps "val" and "test" to their texts. The tokenizer is trained on the
+    training texts (plus ``pretrain_texts`` in the fine-tuning variant), never on queries.
+    """
+
+    kind = "lm"
+
+    def __init__(
+        self,
+        train_texts: list[str],
+        query_texts: dict[str, list[str]],
+        recipe: GPTRecipe | None = None,
+        *,
+        name: str = "lm",
+        example_ids: list[str] | None = None,
+        query_ids: dict[str, list[str]] | None = None,
+        pretrain_texts: list[str] | None = None,
+        pretrain_recipe: GPTRecipe | None = None,
+        device: str = "cpu",
+        log: Log = _quiet,
+    ):
+        if set(query_texts) != set(SPLITS):
+            raise StrideInputError(f"query_texts must have exactly the splits {SPLITS}, got {sorted(query_texts)}")
+        self.name = name
+        self.recipe = recipe or GPTRecipe()
+        self.device = device
+        self.log = log
+        self._texts: dict[str, list[str]] = {"train": list(train_texts), **{s: list(query_texts[s]) for s in SPLITS}}
+        self.example_ids = list(example_ids) if example_ids is not None else [f"train/{i:06d}" for i in range(len(train_texts))]
+        self.query_ids = {s: list(query_ids[s]) if query_ids else [f"{s}/{i:04d}" for i in range(len(query_texts[s]))]
+                          for s in SPLITS}
+        for split, texts in self._texts.items():
+            ids = self.example_ids if split == "train" else self.query_ids[split]
+            if len(ids) != len(texts) or not texts:
+                raise StrideInputError(f"{split}: {len(texts)} texts and {len(ids)} ids (need as many, at least one)")
+        self.tokenizer = lm.train_tokenizer(self._texts["train"] + list(pretrain_texts or []), self.recipe.vocab_size)
+        self._data: dict[str, Batch] = {split: self._encode(texts) for split, texts in self._texts.items()}
+        self._base_state: dict[str, torch.Tensor] | None = None
+        if pretrain_texts:
+            base = self._fit(lm.build_tiny_gpt2(self.tokenizer, self.recipe.model_config(0), self.recipe.max_length),
+                             self._encode(list(pretrain_texts)), pretrain_recipe or self.recipe, seed=0)
+            self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+    def _encode(self, texts: list[str]) -> Batch:
+        ids, mask = lm.encode(self.tokenizer, texts, self.recipe.max_length)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @property
+    def n(self) -> int:
+        return len(self.example_ids)
+
+    @property
+    def finetune(self) -> bool:
+        """True in the fine-tuning variant (retrains start from a pre-trained base model)."""
+        return self._base_state is not None
+
+    # --- data -------------------------------------------------------------------------------
+
+    def _split(self, split: str | None) -> str:
+        if split is None:
+            return "train"
+        if split not in SPLITS:
+            raise StrideConfigError(f"unknown query split {split!r} ({' or '.join(SPLITS)})")
+        return split
+
+    def train_batch(self, indices: np.ndarray | None = None) -> Batch:
+        batch = self._data["train"]
+        if indices is None:
+            return dict(batch)
+        return take(batch, torch.as_tensor(np.asarray(indices), dtype=torch.int64))
+
+    def query_batch(self, split: str = "test") -> Batch:
+        return dict(self._data[self._split(split)])
+
+    def texts(self, split: str | None = None) -> list[str]:
+        """Raw texts of the training examples (``None``) or of a query split (untruncated)."""
+        return list(self._texts[self._split(split)])
+
+    def token_ids(self, split: str | None = None) -> list[list[int]]:
+        """The token ids each example is trained / scored on (truncated to ``max_length``)."""
+        batch = self._data[self._split(split)]
+        return [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+    # --- training ---------------------------------------------------------------------------
+
+    def new_model(self, seed: int = 0) -> nn.Module:
+        """The untrained starting point: a fresh GPT-2 for ``seed``, or the pre-trained base model."""
+        model = lm.build_tiny_gpt2(self.tokenizer, self.recipe.model_config(seed), self.recipe.max_length)
+        if self._base_state is not None:
+            model.load_state_dict(self._base_state)
+        return model
+
+    def _fit(self, model: nn.Module, batch: Batch, recipe: GPTRecipe, seed: int,
+             on_step: Callable[[int, float], Any] | None = None) -> nn.Module:
+        steps = recipe.steps_for(len(batch["input_ids"]))
+        lm.train_lm(
+            model, batch["input_ids"], batch["attention_mask"], steps=steps, batch_size=recipe.batch_size,
+            lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed, device=self.device,
+            log_every=max(1, steps // 4), log=self.log, on_step=on_step,
+        )
+        return model
+
+    def train(self, indices: np.ndarray | None = None, seed: int = 0, checkpoints: int = 0) -> Trained:
+        """Train with the recipe on ``indices`` (None = all); ``checkpoints`` states for TracIn.
+
+        Checkpoint j is saved after update round((j+1) * steps / k), so the last one is the final
+        model; its learning rate is the mean rate of the updates since the previous checkpoint.
+        """
+        start = time.perf_counter()
+        batch = self.train_batch(indices)
+        n_train = len(batch["input_ids"])
+        if n_train == 0:
+            raise StrideInputError("cannot train on an empty subset")
+        steps = self.recipe.steps_for(n_train)
+        saves = {round((j + 1) * steps / checkpoints) for j in range(checkpoints)} if checkpoints else set()
+        ckpts: list[tuple[float, dict[str, torch.Tensor]]] = []
+        rates: list[float] = []
+        model = self.new_model(seed)
+
+        def keep(step: int, lr: float) -> None:
+            rates.append(lr)
+            if step + 1 in saves:
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                ckpts.append((float(np.mean(rates)), state))
+                rates.clear()
+
+        self._fit(model, batch, self.recipe, seed, on_step=keep if checkpoints else None)
+        info = {"steps": steps, "n_train": n_train, "seconds": time.perf_counter() - start}
+        return Trained(model, ckpts, info)
+
+    def retrain_losses(self, subsets: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Mean next-token NLL {split: (m, Q)} of one model trained per row of ``subsets`` (m, n) bool."""
+        subsets = np.asarray(subsets, dtype=bool)
+        if subsets.ndim != 2 or subsets.shape[1] != self.n:
+            raise StrideInputError(f"subsets must be (m, n={self.n}) bool, got {subsets.shape}")
+        out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        for j, row in enumerate(subsets):
+            trained = self.train(np.flatnonzero(row), seed)
+            for split in SPLITS:
+                out[split].append(self.query_losses(trained.model, split))
+            self.log(f"{self.name}: retrain {j + 1}/{len(subsets)} ({trained.info['seconds']:.1f}s)")
+        return {s: np.stack(v) for s, v in out.items()}
+
+    # --- losses and model views -------------------------------------------------------------
+
+    def query_losses(self, model: nn.Module, split: str = "test") -> np.ndarray:
+        """Mean next-token NLL (Q,) of each query, float64."""
+        batch = self.query_batch(split)
+        losses = lm.example_losses(model, batch["input_ids"], batch["attention_mask"], device=str(_device_of(model)))
+        return losses.double().numpy()
+
+    def example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean next-token NLL (N,) per sequence; differentiable."""
+        batch = _crop(batch, _device_of(model))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"])
+
+    def functional_loss(self, model: nn.Module) -> Callable[[dict[str, torch.Tensor], Batch], torch.Tensor]:
+        """f(params, batch) -> mean over sequences of their mean next-token NLL, for ``torch.func``.
+
+        A single example may come without its batch axis (as under ``vmap``). The model sees an
+        all-ones attention mask: with right padding and causal attention, padding never reaches
+        a real position, and a per-example mask would put data-dependent control flow (which
+        ``vmap`` rejects) into the model's mask construction. The loss uses the real mask.
+        """
+
+        def loss(params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            if ids.dim() == 1:
+                ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+            ones = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
+            logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": ones, "use_cache": False})
+            return sequence_nll(logits.logits, ids, mask).mean()
+
+        return loss
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Final hidden state (after the last layer norm), mean-pooled over real tokens: (N, n_embd)."""
+        batch = _crop(batch, _device_of(model))
+        out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return ((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)).float().cpu()
+
+    def last_layer(self, model: nn.Module) -> nn.Linear:
+        """The LM head (n_embd -> vocabulary); its weight is tied to the token embeddings."""
+        return model.get_output_embeddings()  # type: ignore[return-value]
+
+    def site(self, model: nn.Module, form: str, layer: int | None = None) -> Site:
+        """``backbone.make_site`` on a private frozen copy (the caller's model stays trainable)."""
+        return make_site(copy.deepcopy(model), form, layer)
+
+
+# --- builders ---------------------------------------------------------------------------------
+
+
+def _split_task(
+    df: pl.DataFrame, name: str, *, seed: int, n_val: int, n_test: int, n_train: int | None, finetune: bool,
+    recipe: GPTRecipe | None, **kwargs: Any,
+) -> LMTask:
+    """Seeded permutation -> val / test / train (fine-tuning: then pretrain, half of the rest).
+
+    ``n_train`` caps the training set (None: all that is left). Each part keeps corpus order.
+    """
+    order = np.random.default_rng(seed).permutation(df.height)
+    val, test, rest = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    pretrain = np.array([], dtype=np.int64)
+    if finetune:
+        pretrain, rest = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+    train = rest[:n_train] if n_train is not None else rest
+    if min(n_val, n_test) < 1 or len(train) < 2 or (finetune and len(pretrain) < 2):
+        raise StrideInputError(
+            f"{name}: {df.height} passages cannot give {n_val} val and {n_test} test queries and a training set"
+            f"{' plus a pre-training set' if finetune else ''} of at least 2"
+        )
+    ids, texts = df["example_id"].to_list(), df["text"].to_list()
+    part = {k: np.sort(v) for k, v in {"train": train, "val": val, "test": test, "pretrain": pretrain}.items()}
+    return LMTask(
+        [texts[i] for i in part["train"]],
+        {s: [texts[i] for i in part[s]] for s in SPLITS},
+        recipe,
+        name=name,
+        example_ids=[ids[i] for i in part["train"]],
+        query_ids={s: [ids[i] for i in part[s]] for s in SPLITS},
+        pretrain_texts=[texts[i] for i in part["pretrain"]] or None,
+        **kwargs,
+    )
+
+
+def pydoc_task(seed: int = 0, quick: bool = False, *, finetune: bool = False, recipe: GPTRecipe | None = None,
+               **kwargs: Any) -> LMTask:
+    """The embedded Python docs (1,377 passages of ~400 characters, ~59 tokens each at 64).
+
+    Default: 50 val and 100 test queries, the other 1,227 passages for training, ``GPTRecipe()``.
+    ``quick``: 20 val, 40 test, 300 training passages and ``QUICK_RECIPE``. ``finetune``: half of
+    the non-query passages pre-train a base model, the other half is the training set.
+    Extra keyword arguments (``device``, ``log``, ``pretrain_recipe``) go to ``LMTask``.
+    """
+    df = load_passages(CorpusConfig(source="pydoc"))
+    sizes = dict(n_val=20, n_test=40, n_train=300) if quick else dict(n_val=50, n_test=100, n_train=None)
+    recipe = recipe or (QUICK_RECIPE if quick else GPTRecipe())
+    return _split_task(df, "pydoc", seed=seed, finetune=finetune, recipe=recipe, **sizes, **kwargs)
+
+
+def text_task(
+    path: str | Path, text_column: str = "text", *, seed: int = 0, n_val: int = 50, n_test: int = 100,
+    n_train: int | None = None, id_column: str | None = None, finetune: bool = False,
+    recipe: GPTRecipe | None = None, **kwargs: Any,
+) -> LMTask:
+    """An LM task on a user's parquet/jsonl/csv/txt file (one passage per row, see ``corpus``).
+
+    Input problems (missing file or column, non-string rows, ...) raise ``StrideInputError`` from
+    ``corpus.load_passages``; the split is as in ``pydoc_task``.
+    """
+    df = load_passages(CorpusConfig(source="files", paths=[str(path)], text_column=text_column, id_column=id_column))
+    return _split_task(df, Path(path).stem, seed=seed, n_val=n_val, n_test=n_test, n_train=n_train,
+                       finetune=finetune, recipe=recipe, **kwargs)
+
