@@ -213,7 +213,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from stride_assets.engine.evaluation import bench, report, suites
 
-    suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed)
+    suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed,
+                         stride_seeds=args.stride_seeds)
     specs = suite.specs
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")}
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--text", metavar="COL", help="text column of a text file")
     b.add_argument("--methods", help="comma-separated subset of methods (default: all applicable)")
     b.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
+    b.add_argument("--stride-seeds", type=int, default=1, help="repeat STRIDE with this many seeds (default: 1)")
     b.add_argument("--no-removal", action="store_true", help="skip the counterfactual-removal retrains")
     b.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     b.set_defaults(func=cmd_bench)

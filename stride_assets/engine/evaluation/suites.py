@@ -62,8 +62,14 @@ def lm_stride(quick: bool) -> dict[str, StrideSettings]:
     return {"stride": base, "stride_logit": base.with_(operators={"form": "logit"})}
 
 
-def _specs(task: Task, stride: dict[str, StrideSettings]) -> list[MethodSpec]:
-    strides = [MethodSpec(name, "stride", grid=LAMBDA_GRID, stride=s) for name, s in stride.items()]
+def _specs(task: Task, stride: dict[str, StrideSettings], stride_seeds: int) -> list[MethodSpec]:
+    """STRIDE variants (one per seed when stride_seeds > 1: name_s0, name_s1, ...) and the baselines."""
+    strides = []
+    for name, settings in stride.items():
+        for seed in range(stride_seeds):
+            seeded = settings.with_(design={"seed": seed}, training={"seed": seed}) if seed else settings
+            strides.append(MethodSpec(f"{name}_s{seed}" if stride_seeds > 1 else name, "stride", grid=LAMBDA_GRID,
+                                      stride=seeded))
     return strides + baseline_specs(task)
 
 
@@ -71,19 +77,19 @@ QUICK = Protocol(m=16, m_val=8, noise_subsets=4, removal_queries=2, removal_ks=[
 
 
 def build(name: str, *, quick: bool = False, label: str | None = None, text: str | None = None,
-          seed: int = 0) -> Suite:
-    """The suite for a benchmark name or a user data path."""
+          seed: int = 0, stride_seeds: int = 1) -> Suite:
+    """The suite for a benchmark name or a user data path (STRIDE repeated over ``stride_seeds`` seeds)."""
     protocol = replace(QUICK) if quick else Protocol()
     if name == "digits-mlp":
         from stride_assets.engine.evaluation.classifier import digits_task
 
         task = digits_task(seed=seed)
-        return Suite(task, _specs(task, classifier_stride(quick)), protocol)
+        return Suite(task, _specs(task, classifier_stride(quick), stride_seeds), protocol)
     if name == "pydoc-gpt":
         from stride_assets.engine.evaluation.lm_task import pydoc_task
 
         task = pydoc_task(seed=seed, quick=quick)
-        return Suite(task, _specs(task, lm_stride(quick)), protocol)
+        return Suite(task, _specs(task, lm_stride(quick), stride_seeds), protocol)
     path = Path(name)
     if not path.exists():
         raise StrideInputError(f"unknown benchmark {name!r}: use digits-mlp, pydoc-gpt, or a data file path")
@@ -93,8 +99,8 @@ def build(name: str, *, quick: bool = False, label: str | None = None, text: str
         from stride_assets.engine.evaluation.classifier import tabular_task
 
         task = tabular_task(path, label, seed=seed)
-        return Suite(task, _specs(task, classifier_stride(quick)), protocol)
+        return Suite(task, _specs(task, classifier_stride(quick), stride_seeds), protocol)
     from stride_assets.engine.evaluation.lm_task import text_task
 
     task = text_task(path, text, seed=seed)
-    return Suite(task, _specs(task, lm_stride(quick)), protocol)
+    return Suite(task, _specs(task, lm_stride(quick), stride_seeds), protocol)
