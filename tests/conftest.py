@@ -22,6 +22,18 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Any:
+    """One torch thread for tiny models: on a shared 2-core machine, 2-thread barriers stall 5-15x
+    under contention, and tiny ops gain nothing from a second thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def _mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLflow SQLite DB migrated once per session (a fresh DB costs 3-6 s of Alembic)."""

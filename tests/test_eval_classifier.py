@@ -15,13 +15,7 @@ from stride_assets.engine.evaluation.task import draw_subsets
 N_SUBSETS = 16  # 50% subsets for the LDS sanity checks: 2 seeds x 16 models (the bulk of this file's time)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, 2-thread barriers stall 5-8x under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

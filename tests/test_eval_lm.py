@@ -12,18 +12,14 @@ from stride_assets.engine.errors import StrideConfigError, StrideInputError
 from stride_assets.engine.evaluation.lm_task import GPTRecipe, LMTask, pydoc_task, text_task
 from stride_assets.engine.evaluation.task import draw_subsets
 
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # sdpa under vmap
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),  # sdpa under vmap
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 TINY = GPTRecipe(n_layer=2, n_embd=32, n_head=2, vocab_size=300, max_length=32, epochs=None, steps=20, batch_size=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads on two cores shared with other jobs thrash (10-15x slower); one is plenty here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

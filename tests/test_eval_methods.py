@@ -147,14 +147,7 @@ class ToyTask:
         return [list(row) for row in self._data[split or "train"][2]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core box each op's thread handoff
-    can cost 100x the op (a 300-step toy training took 30 s with 2 threads, 0.4 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
