@@ -211,7 +211,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import warnings
+
     from stride_assets.engine.evaluation import bench, report, suites
+
+    # per-example gradients of GPT-2 under vmap take a slow (correct) path for CPU attention
+    warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
 
     suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed,
                          stride_seeds=args.stride_seeds)

@@ -55,7 +55,8 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
     """The registry's methods that apply to ``task`` (in registry order).
 
     - tfidf: only for tasks with texts;
-    - if_exact: only when the last linear layer has at most ``IF_EXACT_MAX_PARAMS`` parameters
+    - if_exact: only for classifiers whose last linear layer has at most ``IF_EXACT_MAX_PARAMS`` parameters
+      (on the quick pydoc LM, 32 x 512 = 16,384, building the per-token curvature took 24 GB)
       (it is measured on ``model``, else on ``task.new_model()`` where the task has one; without
       either it is left out);
     - dattri_trak_*: only when the optional dependency dattri is installed.
@@ -67,7 +68,11 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
     for name in METHODS:
         if name == "tfidf" and task.texts(None) is None:
             continue
-        if name == "if_exact" and (model is None or last_layer_size(task.last_layer(model)) > IF_EXACT_MAX_PARAMS):
+        if name == "if_exact" and (
+            task.kind == "lm"  # per-token curvature over the vocabulary: out of memory even for tiny LMs
+            or model is None
+            or last_layer_size(task.last_layer(model)) > IF_EXACT_MAX_PARAMS
+        ):
             continue
         if name.startswith("dattri_") and not dattri_available():
             continue
