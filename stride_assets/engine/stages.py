@@ -10,6 +10,7 @@ artifacts (atomically, with ``args.json`` beside them) and returns a ``StageResu
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm, plots
 from stride_assets.engine.artifacts import Store, file_digest, read_json, write_json, write_parquet
-from stride_assets.engine.backbone import make_site, take
+from stride_assets.engine.backbone import encode_all, make_site, take
 from stride_assets.engine.config import StrideConfig, resolve_device
 from stride_assets.engine.curation import curate
 from stride_assets.engine.design import SubsetDesign, draw_design, validate_design
@@ -146,7 +147,8 @@ def base_model(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
             mc.path, tokenizer_path=mc.tokenizer_path, trust_remote_code=mc.trust_remote_code, dtype=mc.dtype
         )
         ref = {"path": mc.path, "tokenizer_path": mc.tokenizer_path, "trained_here": False}
-        fingerprint = file_digest(*sorted(p for p in _local_weights(mc.path))) if _local_weights(mc.path) else mc.path
+        local = _local_weights(mc.path)
+        fingerprint = file_digest(*local) if local else mc.path  # a hub id names its weights
     ref.update(trust_remote_code=mc.trust_remote_code, dtype=mc.dtype, max_length=mc.max_length)
     write_json(ref, stage / "model_ref.json")
     store.write_args("base_model", mc.model_dump())
@@ -173,9 +175,7 @@ def base_model(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     return result
 
 
-def _local_weights(path: str) -> list:
-    from pathlib import Path
-
+def _local_weights(path: str) -> list[Path]:
     p = Path(path).expanduser()
     return sorted(p.glob("*.safetensors")) + sorted(p.glob("*.json")) if p.is_dir() else []
 
@@ -215,8 +215,6 @@ def steering_operators(cfg: StrideConfig, store: Store, log: Log) -> StageResult
     batch = _to(encode_texts(tokenizer, texts, cfg.model.max_length), device)
     site = make_site(model.to(device), oc.form, oc.layer)
     start = time.perf_counter()
-    from stride_assets.engine.backbone import encode_all
-
     feats = encode_all(site, batch)
     cache_seconds = time.perf_counter() - start
     log(f"operators: cached {tuple(feats.shape)} features at the {oc.form} site in {cache_seconds:.1f}s")
