@@ -1,6 +1,6 @@
 """Write benchmarks/RESULTS.md from benchmark reports (and ablation JSONs) made by the commands it names.
 
-    .venv/bin/python benchmarks/make_results.py --report digits-mlp=DIR1 --report pydoc-gpt=DIR2 \
+    .venv/bin/python benchmarks/make_results.py --report digits-mlp=DIR1 --report pydoc-gpt=DIR2.json \
         [--ablation digits-mlp=benchmarks/ablation_digits.json] --command "..." > benchmarks/RESULTS.md
 
 STRIDE variants run with several seeds (names ending in _s0, _s1, ...) are reported as the mean
@@ -51,7 +51,7 @@ def cost(rows: list[tuple[str, dict]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--report", action="append", default=[], help="NAME=DIR with DIR/report.json")
+    ap.add_argument("--report", action="append", default=[], help="NAME=DIR (with DIR/report.json) or NAME=FILE.json")
     ap.add_argument("--ablation", action="append", default=[], help="NAME=FILE from ablate_stride.py")
     ap.add_argument("--command", action="append", default=[], help="the command(s) that made the reports")
     args = ap.parse_args()
@@ -59,7 +59,8 @@ def main() -> None:
     out += ["Made by:", "", "```", *args.command, "```", ""]
     for item in args.report:
         name, folder = item.split("=", 1)
-        report = json.loads((Path(folder) / "report.json").read_text())
+        path = Path(folder)
+        report = json.loads((path / "report.json" if path.is_dir() else path).read_text())
         p, noise, base = report["protocol"], report["noise_ceiling"], report["base_model"]
         out += [f"## {name}", "",
                 f"n = {p['n']} training examples, {p['queries']['test']} test queries ({p['queries']['val']} validation); "
