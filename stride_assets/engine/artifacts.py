@@ -71,12 +71,16 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Save a flat dict of torch tensors as safetensors, atomically."""
+def save_tensors(tensors: dict[str, Any], path: Path) -> Path:
+    """Save a flat dict of torch tensors as safetensors, atomically.
+
+    No header metadata on purpose: safetensors writes that map in random order, so identical
+    tensors would give different bytes (and content hashes). Put arguments in a JSON beside it.
+    """
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     return Path(path)
 
 
