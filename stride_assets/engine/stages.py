@@ -282,8 +282,7 @@ def perturbation_matrix(cfg: StrideConfig, store: Store, log: Log) -> StageResul
     Y = responses(site, bank.to(device), batch, mc.mode, mc.query_batch, mc.operator_chunk,
                   progress=lambda done, total: log(f"measured {done}/{total} queries"))
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        base = site.example_loss(site.logits(site.encode(batch), batch), batch).cpu().numpy()
+    base = _base_losses(site, batch, mc.query_batch)
     frame = pl.DataFrame({"query_id": queries["query_id"], "base_loss": base.astype(np.float32),
                           "response": Y.tolist()}, schema_overrides={"response": pl.Array(pl.Float32, bank.K)})
     path = write_parquet(frame, store.path("perturbation_matrix", "responses.parquet"))
@@ -301,6 +300,17 @@ def perturbation_matrix(cfg: StrideConfig, store: Store, log: Log) -> StageResul
                                             "responses y[q,k]", "loss_base - loss_k")},
         fingerprint=file_digest(path),
     )
+
+
+@torch.no_grad()
+def _base_losses(site, batch: dict[str, torch.Tensor], chunk: int) -> np.ndarray:
+    """Each query's loss under the frozen model, in chunks (all queries' logits at once can take GBs)."""
+    n = batch["input_ids"].shape[0]
+    parts = []
+    for start in range(0, n, chunk):
+        sub = take(batch, torch.arange(start, min(start + chunk, n), device=batch["input_ids"].device))
+        parts.append(site.example_loss(site.logits(site.encode(sub), sub), sub).cpu())
+    return torch.cat(parts).numpy()
 
 
 def read_responses(store: Store) -> tuple[pl.DataFrame, np.ndarray]:
