@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -227,9 +228,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if unknown:
             raise CliError(f"unknown or inapplicable methods {sorted(unknown)}; available: {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in wanted]
+    protocol = suite.protocol
+    if args.removal_methods:
+        protocol = replace(protocol, removal_methods=[m.strip() for m in args.removal_methods.split(",")])
+    if args.removal_ks:
+        protocol = replace(protocol, removal_ks=[int(k) for k in args.removal_ks.split(",")])
     out = Path(args.out).expanduser().resolve()
     print(f"stride bench {args.name} ({'quick' if args.quick else 'full'} protocol) -> {out}", flush=True)
-    result = bench.run_benchmark(suite.task, specs, out, suite.protocol, log=lambda m: print(m, flush=True),
+    result = bench.run_benchmark(suite.task, specs, out, protocol, log=lambda m: print(m, flush=True),
                                  removal=not args.no_removal)
     print("\n" + report.table(result))
     if not args.no_mlflow:
@@ -301,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
     b.add_argument("--stride-seeds", type=int, default=1, help="repeat STRIDE with this many seeds (default: 1)")
     b.add_argument("--no-removal", action="store_true", help="skip the counterfactual-removal retrains")
+    b.add_argument("--removal-methods", help="comma-separated methods for the removal test (default: all scored)")
+    b.add_argument("--removal-ks", help="comma-separated k of the removal test (default: 10,50; quick: 10)")
     b.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     b.set_defaults(func=cmd_bench)
 

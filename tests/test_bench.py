@@ -91,3 +91,20 @@ def test_cli_bench_rejects_bad_requests(tmp_path: Path, wine_csv: Path) -> None:
     assert cli.main(["bench", "no-such-benchmark", "--out", str(tmp_path)]) != 0
     assert cli.main(["bench", str(wine_csv), "--out", str(tmp_path)]) != 0  # neither --label nor --text
     assert cli.main(["bench", str(wine_csv), "--label", "nope", "--quick", "--out", str(tmp_path)]) != 0
+
+
+def test_ground_truth_cache_reuses_retrains_and_keys_on_the_subsets(tmp_path: Path, wine_csv: Path) -> None:
+    from stride_assets.engine.evaluation.bench import ground_truth
+    from stride_assets.engine.evaluation.task import draw_subsets
+
+    task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=16, steps=40))
+    calls = []
+    real = task.retrain_losses
+    task.retrain_losses = lambda subsets, seed: calls.append(len(subsets)) or real(subsets, seed=seed)
+    subsets = draw_subsets(task.n, 3, 0.5, 1)
+    first = ground_truth(task, subsets, 1, 0, cache=tmp_path)
+    again = ground_truth(task, subsets, 1, 0, cache=tmp_path)
+    assert calls == [3] and all(np.array_equal(first[s], again[s]) for s in first)
+    ground_truth(task, draw_subsets(task.n, 3, 0.5, 2), 1, 0, cache=tmp_path)  # other subsets: retrained
+    ground_truth(task, subsets, 1, 1, cache=tmp_path)  # other seed: retrained
+    assert calls == [3, 3, 3] and len(list(tmp_path.glob("ground_truth_*.npz"))) == 3

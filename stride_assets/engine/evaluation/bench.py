@@ -20,6 +20,7 @@ report.json ({method: {lds_mean, lds_std, n_nan, seconds, peak_rss_mb, ...}, "pr
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from stride_assets.engine.artifacts import write_json, write_parquet
+from stride_assets.engine.artifacts import atomic_path, write_json, write_parquet
 from stride_assets.engine.evaluation import stride_method
 from stride_assets.engine.evaluation.lds import lds, seed_agreement
 from stride_assets.engine.evaluation.meter import metered
@@ -50,6 +51,7 @@ class Protocol:
     removal_queries: int = 5
     removal_ks: list[int] = field(default_factory=lambda: [10, 50])
     removal_random: int = 3
+    removal_methods: list[str] | None = None  # None: every method scored
     model_seed: int = 0
 
 
@@ -64,16 +66,45 @@ class MethodSpec:
     stride: stride_method.StrideSettings | None = None
 
 
-def ground_truth(task: Task, subsets: np.ndarray, seeds: int, first_seed: int) -> dict[str, np.ndarray]:
-    """Query losses per split averaged over ``seeds`` retraining seeds: {split: (m, Q)}."""
+def ground_truth(task: Task, subsets: np.ndarray, seeds: int, first_seed: int,
+                 cache: Path | None = None) -> dict[str, np.ndarray]:
+    """Query losses per split averaged over ``seeds`` retraining seeds: {split: (m, Q)}.
+
+    With ``cache`` (a folder), the losses are kept in a file named by a hash of everything they
+    depend on (task, recipe, examples, queries, subsets, seeds), so a second run of the same
+    protocol, e.g. to add methods, reuses the retrains instead of redoing them.
+    """
+    path = None
+    if cache is not None:
+        path = Path(cache) / f"ground_truth_{_truth_key(task, subsets, seeds, first_seed)}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return {split: stored[split] for split in stored.files}
     runs = [task.retrain_losses(subsets, seed=first_seed + s) for s in range(seeds)]
-    return {split: np.mean([r[split] for r in runs], axis=0) for split in runs[0]}
+    truth = {split: np.mean([r[split] for r in runs], axis=0) for split in runs[0]}
+    if path is not None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **truth)
+    return truth
 
 
-def noise_ceiling(task: Task, subsets: np.ndarray, losses_a: np.ndarray, seed_b: int) -> dict[str, Any]:
+def _truth_key(task: Task, subsets: np.ndarray, seeds: int, first_seed: int) -> str:
+    h = hashlib.sha256()
+    for part in (task.name, repr(getattr(task, "recipe", None)), repr(task.example_ids), repr(task.query_ids),
+                 str(seeds), str(first_seed)):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(np.packbits(subsets.astype(bool)).tobytes())
+    h.update(str(subsets.shape).encode())
+    return h.hexdigest()[:16]
+
+
+def noise_ceiling(task: Task, subsets: np.ndarray, losses_a: np.ndarray, seed_b: int,
+                  cache: Path | None = None) -> dict[str, Any]:
     """Seed-to-seed agreement of retrained test losses on the same subsets: ``losses_a`` (one seed)
     against a retrain of the same subsets with ``seed_b``."""
-    b = task.retrain_losses(subsets, seed=seed_b)["test"]
+    b = ground_truth(task, subsets, 1, seed_b, cache=cache)["test"]
     return {**seed_agreement(losses_a, b).as_dict(), "subsets": len(subsets)}
 
 
@@ -121,7 +152,8 @@ def run_method(task: Task, trained: Trained, spec: MethodSpec, val: tuple[np.nda
     return np.asarray(scores, dtype=np.float64), stats
 
 
-def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, log: Log) -> dict[str, Any]:
+def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, log: Log,
+                 cache: Path | None = None) -> dict[str, Any]:
     """Loss rise of a few test queries when each method's top-k (or k random) examples are removed."""
     rng = np.random.default_rng(p.seed + 17)
     n, Q = task.n, len(task.query_ids["test"])
@@ -137,9 +169,9 @@ def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, l
                 mask[drop] = False
                 keep.append(mask)
                 rows.append((q, k, method.split("#")[0]))
-    full = ground_truth(task, np.ones((1, n), dtype=bool), 1, p.model_seed)["test"][0]
+    full = ground_truth(task, np.ones((1, n), dtype=bool), 1, p.model_seed, cache=cache)["test"][0]
     log(f"removal: {len(keep)} retrains")
-    losses = ground_truth(task, np.stack(keep), 1, p.model_seed)["test"]
+    losses = ground_truth(task, np.stack(keep), 1, p.model_seed, cache=cache)["test"]
     frame = pl.DataFrame({"query": [r[0] for r in rows], "k": [r[1] for r in rows], "method": [r[2] for r in rows],
                           "rise": [float(losses[j, q] - full[q]) for j, (q, _, _) in enumerate(rows)]})
     table = frame.group_by(["method", "k"]).agg(pl.col("rise").mean()).sort(["k", "rise"], descending=[False, True])
@@ -156,7 +188,11 @@ def _scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
 
 def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Protocol | None = None,
                   log: Log = print, removal: bool = True) -> dict[str, Any]:
-    """Run the whole protocol and write its files under ``out``; returns the report."""
+    """Run the whole protocol and write its files under ``out``; returns the report.
+
+    Retrained losses are cached under ``out/cache``: re-running into the same folder (e.g. with
+    more methods) skips the retrains already done.
+    """
     p = protocol or Protocol()
     out = Path(out)
     started = time.perf_counter()
@@ -168,11 +204,12 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     val_subsets = draw_subsets(task.n, p.m_val, p.fraction, p.val_seed)
     log(f"[{task.name}] ground truth: {p.m} + {p.m_val} retrains x {p.seeds} seed(s)")
     with metered() as gt_meter:
-        truth = ground_truth(task, subsets, p.seeds, p.model_seed)
-        val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed)
+        truth = ground_truth(task, subsets, p.seeds, p.model_seed, cache=out / "cache")
+        val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed, cache=out / "cache")
         noisy = subsets[: p.noise_subsets]
-        single = truth["test"][: p.noise_subsets] if p.seeds == 1 else task.retrain_losses(noisy, p.model_seed)["test"]
-        ceiling = noise_ceiling(task, noisy, single, p.noise_seed)
+        single = truth["test"][: p.noise_subsets] if p.seeds == 1 else ground_truth(
+            task, noisy, 1, p.model_seed, cache=out / "cache")["test"]
+        ceiling = noise_ceiling(task, noisy, single, p.noise_seed, cache=out / "cache")
     ex_ids = np.asarray(task.example_ids, dtype=object)
     write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), subsets.sum(1)),
                                 "example_id": ex_ids[np.nonzero(subsets)[1]].tolist()}), out / "eval_subsets.parquet")
@@ -196,7 +233,8 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         write_parquet(_scores_frame(scores, task), out / "scores" / f"{spec.name}.parquet")
         log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)")
     if removal and all_scores:
-        report["removal"] = removal_test(task, all_scores, p, log)
+        chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}
+        report["removal"] = removal_test(task, chosen, p, log, cache=out / "cache")
     report["noise_ceiling"] = ceiling
     report["base_model"] = {f"{split}_loss": v for split, v in base.items()} | {
         "train_seconds": base_meter.seconds, **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}
