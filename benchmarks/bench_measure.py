@@ -38,9 +38,10 @@ def main() -> None:
     args = ap.parse_args()
     store = Store(args.store)
     model, tokenizer = stages.load_base_model(store)
-    bank, op_args = stages.load_bank(store)
+    shard = sorted(p.name for p in store.stage("steering_operators").iterdir() if p.is_dir())[0]
+    bank, op_args = stages.load_bank(store, shard)
     site = make_site(model, op_args["operators"]["form"], op_args["layer"])
-    texts = stages.read_queries(store)["text"].head(args.queries).to_list()
+    texts = stages.read_queries(store, "default")["text"].head(args.queries).to_list()
     max_length = stages.read_json(store.require("base_model", "model_ref.json"))["max_length"]
     batch = stages.encode_texts(tokenizer, texts, max_length)
     n = len(texts)

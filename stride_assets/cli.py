@@ -159,21 +159,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     store_root = storage_root()
     print(f"stride run: profile {os.environ.get('STRIDE_PROFILE', 'default')!r}, store {store_root}")
     print(f"Dagster instance: {home}")
-    # Only loggers named in the run config are used; every event still goes to the instance's event log.
-    job = definitions.defs().resolve_job_def("stride_job").with_logger_defs({"progress": _progress_logger()})
+    from stride_assets.orchestration import run_pipeline
+
+    cfg = build_resources()["stride"].config()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance, run_config={"loggers": {"progress": {}}}, raise_on_error=False
-        )
+        # Only loggers named in the run config are used; every event still goes to the instance's event log.
+        results = run_pipeline(definitions.defs(), instance, cfg, only_changed=args.incremental,
+                               loggers={"progress": _progress_logger()}, run_config={"loggers": {"progress": {}}},
+                               log=lambda m: print(m, flush=True))
     elapsed = time.monotonic() - started
-    if not result.success:
-        print(f"\nstride run FAILED after {elapsed:.1f} s (Dagster run {result.run_id}):", file=sys.stderr)
-        for message in _failure_messages(result) or ["see the run's logs in `stride ui`"]:
+    failed = [r for r in results if not r.success]
+    if failed:
+        print(f"\nstride run FAILED after {elapsed:.1f} s (Dagster run {failed[0].run_id}):", file=sys.stderr)
+        for message in _failure_messages(failed[0]) or ["see the run's logs in `stride ui`"]:
             print(f"  {message}", file=sys.stderr)
         return 1
-    print(f"\nstride run finished in {elapsed:.1f} s (Dagster run {result.run_id})\n")
-    print(pipeline.summary(Store(store_root)))
+    print(f"\nstride run finished in {elapsed:.1f} s ({len(results)} Dagster runs)\n")
+    print(pipeline.summary(cfg, Store(store_root)))
     print(
         f"\nOutputs: {store_root} (one folder per stage)\n"
         f"Dagster UI (runs, lineage, metadata): stride ui  ->  http://{HOST}:{DAGSTER_PORT}\n"
@@ -286,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     store_help = "storage root of the stage artifacts (default: $STRIDE_HOME or <repo>/.stride/store)"
-    run = sub.add_parser("run", help="run the whole pipeline (the Dagster job stride_job) in this process")
+    run = sub.add_parser("run", help="run the whole pipeline (every shard and query batch, as Dagster runs) in this process")
     run.add_argument("--profile", help="profile name in resources/profiles or a YAML path (default: default)")
     run.add_argument("--store", metavar="DIR", help=store_help)
+    run.add_argument("--incremental", action="store_true",
+                     help="only new or changed shards and query batches (and what depends on them)")
     run.set_defaults(func=cmd_run)
 
     attr = sub.add_parser("attribute", help="attribute new texts with the stored operators (no retraining)")

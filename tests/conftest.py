@@ -70,3 +70,15 @@ def make_micro_resources(tmp_path: Path, mlflow_uri: str) -> dict[str, Any]:
 @pytest.fixture
 def micro_resources(tmp_path: Path, mlflow_uri: str) -> dict[str, Any]:
     return make_micro_resources(tmp_path, mlflow_uri)
+
+
+def make_defs(resources: dict[str, Any]):
+    """The code location's definitions with the given resources (instead of the environment's)."""
+    import dagster as dg
+
+    import stride_assets
+
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(stride_assets.__file__).parent),
+        dg.Definitions(resources=resources, executor=dg.in_process_executor),
+    )

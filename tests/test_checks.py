@@ -52,7 +52,7 @@ def test_operator_checks_fail_without_diagnostics(instance: dg.DagsterInstance) 
 
 
 def _write_scores(store: Path, scores: list[float], queries: int) -> None:
-    folder = store / "influence_scores"
+    folder = store / "influence_scores" / "default"
     folder.mkdir(parents=True, exist_ok=True)
     query_ids = [f"q{i % queries}" for i in range(len(scores))]
     frame = pl.DataFrame({"query_id": query_ids, "score": scores}, schema={"query_id": pl.String, "score": pl.Float32})

@@ -118,19 +118,30 @@ def test_run_with_unknown_profile_fails_before_any_run(
 def test_run_reports_the_failing_stage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A stage that raises fails the run: exit 1, the stage and the engine's message, the rest skipped."""
+    """A stage that raises fails its run: exit 1, the stage and the engine's message, the rest skipped;
+    a corpus path that does not exist fails before any run."""
     import dagster as dg
+    import yaml
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
-    profile = tmp_path / "broken.yaml"
-    profile.write_text(f"corpus:\n  source: files\n  paths: [{tmp_path / 'missing.parquet'}]\n")
-    assert cli.main(["run", "--profile", str(profile), "--store", str(tmp_path / "s")]) == 1
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"corpus:\n  source: files\n  paths: [{tmp_path / 'missing.parquet'}]\n")
+    assert cli.main(["run", "--profile", str(missing), "--store", str(tmp_path / "s")]) == 1
+    assert "missing.parquet" in capsys.readouterr().err
+
+    from stride_assets.engine.config import profile_path
+
+    broken = yaml.safe_load(profile_path("micro").read_text())
+    broken["design"] = {"K": 5000, "d": 2}  # too many subsets for a shard: the corpus stage's preflight says so
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert cli.main(["run", "--profile", str(tmp_path / "broken.yaml"), "--store", str(tmp_path / "s")]) == 1
     captured = capsys.readouterr()
     assert "! training_corpus FAILED" in captured.out
-    assert "- curated_dataset skipped" in captured.out
+    assert "- steering_operators skipped" in captured.out
     assert "stride run FAILED" in captured.err
-    assert "training_corpus: stride_assets.engine.errors.StrideInputError" in captured.err
-    assert "missing.parquet" in captured.err
+    assert "training_corpus: stride_assets.engine.errors.StrideConfigError" in captured.err
+    assert "K=5000 is too large" in captured.err
     with dg.DagsterInstance.get() as instance:
-        (run,) = instance.get_runs()
-        assert run.status == dg.DagsterRunStatus.FAILURE
+        runs = instance.get_runs()  # newest first: the shard run failed after the model run succeeded
+        assert [r.job_name for r in runs] == ["stride_shard_job", "stride_model_job"]
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]

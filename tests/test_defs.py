@@ -12,7 +12,7 @@ from stride_assets.engine.pipeline import STAGES, UPSTREAM, StageResult
 from stride_assets.resources import MlflowTracking, StrideResource
 
 EXPECTED_GROUPS = {
-    "data": {"training_corpus", "query_set"},
+    "data": {"corpus_source", "training_corpus", "query_set"},
     "model": {"base_model"},
     "attribution": {"subset_design", "steering_operators", "perturbation_matrix", "influence_scores"},
     "curation": {"curated_dataset"},
@@ -28,23 +28,40 @@ def defs() -> dg.Definitions:
 
 EVALUATION = {"eval_subsets": {"training_corpus"}, "retrained_losses": {"eval_subsets", "query_set", "base_model"},
               "lds_report": {"retrained_losses", "influence_scores"}}
+PARTITIONS = {"training_corpus": {"shards"}, "subset_design": {"shards"}, "steering_operators": {"shards"},
+              "query_set": {"query_batches"}, "perturbation_matrix": {"query_batches", "shards"},
+              "influence_scores": {"query_batches"}, "base_model": set(), "curated_dataset": set()}
+
+
+def _dynamic_names(partitions_def) -> set[str]:
+    if partitions_def is None:
+        return set()
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return {d.partitions_def.name for d in partitions_def.partitions_defs}
+    return {partitions_def.name}
 
 
 def test_asset_graph_is_the_eight_stages_plus_evaluation(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(STAGES) | set(EVALUATION)
+    assert keys == set(STAGES) | set(EVALUATION) | {"corpus_source"}
     for key, parents in EVALUATION.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys} == parents, key
     assert graph.get(dg.AssetKey("retrained_losses")).partitions_def is not None
     assert len(STAGES) == 8
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
-        assert {k.to_user_string() for k in node.parent_keys} == set(UPSTREAM[stage]), stage
+        extra = {"corpus_source"} if stage == "training_corpus" else set()
+        assert {k.to_user_string() for k in node.parent_keys} == set(UPSTREAM[stage]) | extra, stage
+        assert _dynamic_names(node.partitions_def) == PARTITIONS[stage], stage
         assert node.code_version, stage
         assert node.description, stage
-    assert {k.to_user_string() for k in graph.get(dg.AssetKey("curated_dataset")).parent_keys} == {"influence_scores"}
-    assert graph.get(dg.AssetKey("training_corpus")).parent_keys == set()
+    assert graph.get(dg.AssetKey("corpus_source")).is_observable
+    # the model and the queries do not follow appended shards: no lineage from the corpus blocks
+    assert graph.get(dg.AssetKey("base_model")).parent_keys == set()
+    assert graph.get(dg.AssetKey("query_set")).parent_keys == set()
+    # each stage has its own code version: a change to one stage's code or settings stales only it
+    assert len({graph.get(dg.AssetKey(s)).code_version for s in STAGES}) == len(STAGES)
 
 
 def test_groups(defs: dg.Definitions) -> None:
@@ -65,13 +82,33 @@ def test_checks_attach_to_stages(defs: dg.Definitions) -> None:
     }
 
 
-def test_job_and_schedule(defs: dg.Definitions) -> None:
-    job = defs.resolve_job_def("stride_job")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(STAGES)
-    assert isinstance(job.executor_def, dg.ExecutorDefinition) and job.executor_def.name == "in_process"
+def test_jobs_and_schedule(defs: dg.Definitions) -> None:
+    from stride_assets.defs.jobs import RUN_ORDER
+
+    covered = set()
+    for name, _keys in RUN_ORDER:
+        job = defs.resolve_job_def(name)
+        covered |= {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+        assert isinstance(job.executor_def, dg.ExecutorDefinition) and job.executor_def.name == "in_process"
+    assert covered == set(STAGES)
     schedule = defs.resolve_schedule_def("stride_nightly")
-    assert schedule.cron_schedule == "0 3 * * *"
-    assert schedule.job_name == "stride_job"
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "stride_curation_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    sensor = defs.resolve_sensor_def("corpus_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_code_version_follows_code_and_settings() -> None:
+    from stride_assets.engine.config import load_config
+    from stride_assets.engine.pipeline import code_version
+
+    base = load_config("micro")
+    other = load_config("micro", {"recovery": {"lambda_ratio": 0.3}})
+    changed = {s for s in STAGES if code_version(s, base) != code_version(s, other)}
+    assert changed == {"influence_scores"}
+    model = load_config("micro", {"model": {"max_length": 48}})
+    assert {s for s in STAGES if code_version(s, base) != code_version(s, model)} == {
+        "base_model", "steering_operators", "perturbation_matrix"}
 
 
 def test_resources_follow_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,13 +25,18 @@ def micro_defs(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_ground_truth_partitions_then_lds(tmp_path: Path, micro_resources: dict[str, Any], micro_defs) -> None:
-    assets = list(micro_defs.assets or [])
+    from conftest import make_defs
+
+    from stride_assets.orchestration import run_pipeline
+
+    assets = [a for a in micro_defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     checks = list(micro_defs.asset_checks or [])
     by_key = {k.to_user_string(): a for a in assets for k in a.keys}
     pipeline = [by_key[s] for s in STAGES]
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        assert dg.materialize(pipeline, resources=micro_resources, instance=instance, selection=list(STAGES)).success
+        cfg = micro_resources["stride"].config()
+        assert all(r.success for r in run_pipeline(make_defs(micro_resources), instance, cfg, log=lambda _: None))
         assert dg.materialize([*pipeline, by_key["eval_subsets"]], selection=["eval_subsets"],
                               resources=micro_resources, instance=instance).success
         keys = by_key["retrained_losses"].partitions_def.get_partition_keys()

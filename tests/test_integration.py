@@ -11,54 +11,60 @@ import definitions
 from stride_assets.engine.pipeline import STAGES
 
 
-@pytest.fixture(scope="module")
-def code_location() -> dg.Definitions:
-    return definitions.defs()
+def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[str, Any], mlflow_uri: str) -> None:
+    from conftest import make_defs
 
+    from stride_assets.orchestration import run_pipeline
 
-def test_materialize_everything_on_micro(
-    tmp_path: Path, micro_resources: dict[str, Any], mlflow_uri: str, code_location: dg.Definitions
-) -> None:
-    assets = [a for a in code_location.assets or [] if not set(a.group_names_by_key.values()) & {"evaluation"}]
-    checks = [c for c in code_location.asset_checks or [] if all(k.asset_key.to_user_string() in STAGES
-                                                                  for k in c.check_keys)]
+    defs = make_defs(micro_resources)
+    cfg = micro_resources["stride"].config()
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        result = dg.materialize([*assets, *checks], resources=micro_resources, instance=instance)
-        assert result.success
+        results = run_pipeline(defs, instance, cfg, log=lambda _: None)
+        assert results and all(r.success for r in results)
+        assert set(instance.get_dynamic_partitions("shards")) == {"part-0000", "part-0001"}
+        assert instance.get_dynamic_partitions("query_batches") == ["default"]
 
-        materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-        assert materialized == set(STAGES)
-        for stage in STAGES:
-            record = instance.get_latest_materialization_event(dg.AssetKey(stage))
-            assert record is not None and record.run_id == result.run_id
-            meta = record.asset_materialization.metadata
+        events = [e for r in results for e in r.get_asset_materialization_events()]
+        materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
+        blocks = {f"default|part-000{i}" for i in (0, 1)}
+        assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
+                                ("curated_dataset", None)} | {
+            (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
+        } | {("perturbation_matrix", b) for b in blocks}
+        for event in events:
+            meta = event.step_materialization_data.materialization.metadata
+            stage = event.asset_key.to_user_string()
             assert Path(meta["path"].value).is_dir(), stage
             assert meta["mlflow_run_id"].value, stage
-            assert record.asset_materialization.tags["dagster/data_version"], stage
+            assert event.step_materialization_data.materialization.tags["dagster/data_version"], stage
 
-    evaluations = {
-        (e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()
-    }
-    expected_checks = {(k.asset_key.to_user_string(), k.name) for c in checks for k in c.check_keys}
-    assert set(evaluations) == expected_checks and len(expected_checks) >= 4
+    evaluations = {(e.asset_key.to_user_string(), e.check_name, r.run_id): e.passed
+                   for r in results for e in r.get_asset_check_evaluations()}
+    assert {(a, c) for a, c, _ in evaluations} == {
+        ("steering_operators", "operators_not_collapsed"), ("steering_operators", "operators_favour_members"),
+        ("influence_scores", "influence_scores_usable"), ("curated_dataset", "curated_dataset_not_empty")}
     assert all(evaluations.values()), evaluations
 
     store = tmp_path / "store"
     assert {p.name for p in store.iterdir() if p.is_dir()} >= set(STAGES)
-    for stage in STAGES:
-        assert (store / stage / "args.json").is_file(), stage
-    assert (store / "steering_operators" / "operators.safetensors").is_file()
+    for shard in ("part-0000", "part-0001"):
+        assert (store / "steering_operators" / shard / "operators.safetensors").is_file()
+        assert (store / "steering_operators" / shard / "args.json").is_file()
+        assert (store / "perturbation_matrix" / "default" / shard / "responses.parquet").is_file()
+    assert (store / "influence_scores" / "default" / "scores.parquet").is_file()
     assert (store / "curated_dataset" / "data" / "kept.parquet").is_file()
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride-test")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
-    assert sorted(r.data.tags["dagster_asset_key"] for r in runs) == sorted(STAGES)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(events) == 12
+    assert sorted({r.data.tags["dagster_asset_key"] for r in runs}) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" and r.data.tags["stride_profile"] == "micro" for r in runs)
-    operators = next(r for r in runs if r.info.run_name == "steering_operators")
-    assert "top_direction_energy" in operators.data.metrics
-    assert {f.path for f in client.list_artifacts(operators.info.run_id, "files")} >= {
+    operators = [r for r in runs if r.info.run_name == "steering_operators"]
+    assert {r.data.tags["dagster_partition_key"] for r in operators} == {"part-0000", "part-0001"}
+    assert all("top_direction_energy" in r.data.metrics for r in operators)
+    assert {f.path for f in client.list_artifacts(operators[0].info.run_id, "files")} >= {
         "files/operators.safetensors"
     }
 
@@ -80,12 +86,16 @@ def test_cli_run_then_attribute(
     assert "127.0.0.1:3000" in out and "127.0.0.1:5000" in out
 
     with dg.DagsterInstance.get() as instance:  # the instance `stride ui` will show
-        (run,) = instance.get_runs()
-        assert run.job_name == "stride_job" and run.status == dg.DagsterRunStatus.SUCCESS
+        runs = instance.get_runs()
+        assert len(runs) == 8 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride")
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the DB, not in the repo
-    assert len(client.search_runs([exp.experiment_id], filter_string=f"tags.dagster_run_id = '{run.run_id}'")) == 8
+    assert len(client.search_runs([exp.experiment_id])) == 12
+
+    # nothing changed: an incremental run only re-derives nothing but checks that everything is there
+    assert cli.main(["run", "--incremental", "--profile", "micro", "--store", str(store)]) == 0
+    assert "0 Dagster runs" in capsys.readouterr().out
 
     assert cli.main(["attribute", "The for statement iterates over a sequence.", "--top-k", "3", "--store", str(store)]) == 0
     table = capsys.readouterr().out

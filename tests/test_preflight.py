@@ -11,12 +11,13 @@ from stride_assets.engine.errors import StrideConfigError, StrideInputError
 
 def run_first_stage(tmp_path, **overrides):
     cfg = load_config("micro", overrides)
-    return pipeline.run_stage("training_corpus", cfg, Store(tmp_path / "store"), log=lambda _: None)
+    shard = pipeline.shard_names(cfg.corpus)[0]
+    return pipeline.run_stage("training_corpus", cfg, Store(tmp_path / "store"), log=lambda _: None, shard=shard)
 
 
 def test_micro_first_stage_passes(tmp_path):
     result = run_first_stage(tmp_path)
-    assert result.metadata["rows"] > 100
+    assert result.metadata["rows"] > 50 and result.metadata["shard"] == "part-0000"
 
 
 def test_bad_design_fails_in_the_corpus_stage(tmp_path):
@@ -55,7 +56,7 @@ def test_non_string_rows(tmp_path):
 def test_nothing_is_written_when_the_first_stage_fails(tmp_path):
     with pytest.raises(StrideConfigError):
         run_first_stage(tmp_path, design={"K": 5000, "d": 2})
-    assert not (tmp_path / "store" / "training_corpus" / "train.parquet").exists()
+    assert not list((tmp_path / "store").rglob("*.parquet"))
 
 
 def test_unknown_profile_and_bad_values_are_config_errors():

@@ -44,5 +44,5 @@ def test_graphql_lists_the_stage_assets(tmp_path: Path) -> None:
         assert "errors" not in data, data.get("errors")
         nodes = data["data"]["assetNodes"]
         assert {"/".join(n["assetKey"]["path"]) for n in nodes} == set(STAGES) | {
-            "eval_subsets", "retrained_losses", "lds_report"}
+            "corpus_source", "eval_subsets", "retrained_losses", "lds_report"}
         assert {n["groupName"] for n in nodes} == {"data", "model", "attribution", "curation", "evaluation"}

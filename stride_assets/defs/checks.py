@@ -10,7 +10,9 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from dagster._core.errors import DagsterInvalidPropertyError
 
+from stride_assets.engine.shards import DEFAULT_BATCH
 from stride_assets.resources import StrideResource
 
 MAX_TOP_DIRECTION_ENERGY = 0.9  # above: the operator bank collapsed onto one direction
@@ -23,6 +25,14 @@ def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[
     if event is None or event.asset_materialization is None:
         return {}
     return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def run_partition(context: dg.AssetCheckExecutionContext, default: str) -> str:
+    """The partition key of the run the check belongs to (``default`` outside a partitioned run)."""
+    try:
+        return context.run.tags.get("dagster/partition") or default
+    except DagsterInvalidPropertyError:  # a check context built outside a run (tests, notebooks)
+        return default
 
 
 def _missing(keys: list[str], asset: str) -> dg.AssetCheckResult:
@@ -70,15 +80,15 @@ def operators_favour_members(context: dg.AssetCheckExecutionContext) -> dg.Asset
     "on average.",
 )
 def influence_scores_usable(context: dg.AssetCheckExecutionContext, stride: StrideResource) -> dg.AssetCheckResult:
-    store = stride.store()
-    scores = pl.read_parquet(store.require("influence_scores", "scores.parquet"))
-    queries = pl.read_parquet(store.require("influence_scores", "per_query.parquet")).height
+    store, batch = stride.store(), run_partition(context, DEFAULT_BATCH)
+    scores = pl.read_parquet(store.require("influence_scores", "scores.parquet", batch))
+    queries = pl.read_parquet(store.require("influence_scores", "per_query.parquet", batch)).height
     non_finite = int((~scores["score"].is_finite()).sum())
     nonzero = int((scores["score"] != 0).sum())
     per_query = nonzero / queries if queries else 0.0
     return dg.AssetCheckResult(
         passed=queries > 0 and non_finite == 0 and per_query >= MIN_NONZERO_PER_QUERY,
-        metadata={"queries": queries, "non_finite": non_finite, "nonzero": nonzero, "nonzero_per_query": per_query},
+        metadata={"batch": batch, "queries": queries, "non_finite": non_finite, "nonzero": nonzero, "nonzero_per_query": per_query},
     )
 
 

@@ -31,7 +31,8 @@ def eval_subsets(context: dg.AssetExecutionContext, stride: StrideResource, mlfl
     return materialize_result(context, result, stride, mlflow)
 
 
-@dg.asset(group_name=GROUP, deps=["eval_subsets", "query_set", "base_model"], partitions_def=retrain_partitions,
+@dg.asset(group_name=GROUP, partitions_def=retrain_partitions,
+          deps=["eval_subsets", "base_model", dg.AssetDep("query_set", partition_mapping=dg.AllPartitionMapping())],
           kinds={"pytorch", "parquet"}, code_version=_CODE_VERSION,
           description=(pipeline_eval.retrained_losses.__doc__ or "").strip())
 def retrained_losses(context: dg.AssetExecutionContext, stride: StrideResource, mlflow: MlflowTracking) -> dg.MaterializeResult:

@@ -105,32 +105,35 @@ def file_digest(*paths: Path, chunk: int = 1 << 20) -> str:
 
 
 class Store:
-    """The storage root of one stride workspace: ``<root>/<stage>/...``."""
+    """The storage root of one stride workspace: ``<root>/<stage>/[<key>/]...``.
+
+    ``key`` names a partition of a stage (a shard, a query batch, or ``batch/shard``), each in a
+    folder of its own so a partition is written, replaced and re-run without touching the others.
+    """
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser().resolve()
 
-    def stage(self, name: str) -> Path:
-        return self.root / name
+    def stage(self, name: str, key: str | None = None) -> Path:
+        return self.root / name / key if key else self.root / name
 
-    def path(self, stage: str, filename: str) -> Path:
-        return self.stage(stage) / filename
+    def path(self, stage: str, filename: str, key: str | None = None) -> Path:
+        return self.stage(stage, key) / filename
 
-    def write_args(self, stage: str, args: dict[str, Any]) -> Path:
-        return write_json(args, self.path(stage, "args.json"))
+    def write_args(self, stage: str, args: dict[str, Any], key: str | None = None) -> Path:
+        return write_json(args, self.path(stage, "args.json", key))
 
-    def read_args(self, stage: str) -> dict[str, Any]:
-        return read_json(self.path(stage, "args.json"))
+    def read_args(self, stage: str, key: str | None = None) -> dict[str, Any]:
+        return read_json(self.require(stage, "args.json", key))
 
-    def require(self, stage: str, filename: str) -> Path:
+    def require(self, stage: str, filename: str, key: str | None = None) -> Path:
         """The path of an upstream artifact, with a clear error when it was never produced."""
-        p = self.path(stage, filename)
+        p = self.path(stage, filename, key)
         if not p.exists():
             from stride_assets.engine.errors import StrideInputError
 
-            raise StrideInputError(
-                f"missing artifact {p}: materialize the {stage!r} stage first (storage root {self.root})"
-            )
+            where = f"the {stage!r} stage" + (f" for {key!r}" if key else "")
+            raise StrideInputError(f"missing artifact {p}: materialize {where} first (storage root {self.root})")
         return p
 
     def __repr__(self) -> str:

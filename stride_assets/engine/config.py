@@ -35,6 +35,9 @@ class CorpusConfig(_Strict):
     min_chars: int = Field(32, ge=1, description="drop passages shorter than this")
     max_examples: int | None = Field(None, ge=1)
     holdout_fraction: float = Field(0.08, ge=0.0, lt=0.9, description="passages held out as query candidates")
+    shard_size: int = Field(
+        512, ge=2, description="passages per shard for sources without shards of their own (pydoc, hf); "
+        "with source 'files' every file is a shard (a directory in paths: each of its files)")
     seed: int = 0
 
 
@@ -50,6 +53,8 @@ class QueryConfig(_Strict):
         ]
     )
     path: str | None = Field(None, description="optional parquet/jsonl of extra queries (text column as corpus)")
+    batch_dir: str | None = Field(
+        None, description="folder of parquet/jsonl query files: each file is one more query batch (named by its stem)")
     seed: int = 0
 
 
@@ -103,6 +108,9 @@ class TrainConfig(_Strict):
     """Operator training: fidelity on members, stability on non-members, optional linearity."""
 
     steps: int = Field(1000, ge=0)
+    epochs: float | None = Field(
+        None, gt=0, description="if set, each shard trains ceil(epochs * n_shard * d / batch_size) steps instead "
+        "of `steps`, so the cost of a shard follows its size")
     batch_size: int = Field(32, ge=1, description="member pairs (and as many non-member pairs) per step")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

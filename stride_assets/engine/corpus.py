@@ -12,6 +12,7 @@ Every passage is stripped of surrounding whitespace, and passages shorter than
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -194,7 +195,7 @@ def _pydoc_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
 def _file_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
     if not cfg.paths:
         raise StrideInputError("corpus source 'files' needs at least one path in corpus.paths")
-    paths = [Path(p).expanduser() for p in cfg.paths]
+    paths = expand_paths(cfg.paths)
     for path in paths:  # every path is checked before any file is read
         if not path.is_file():
             raise StrideInputError(f"corpus file {str(path)!r} does not exist (or is not a file)")
@@ -210,6 +211,25 @@ def _file_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
         else:
             frames.append(_table_frame(_read_table(path), cfg, f"corpus file {str(path)!r}", path.stem, 6, path.name))
     return frames
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Corpus paths with every directory replaced by its data files (sorted; hidden files skipped)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in TABULAR_SUFFIXES | TEXT_SUFFIXES)
+            if not files:
+                raise StrideInputError(f"corpus folder {str(path)!r} has no data files "
+                                       f"({sorted(TABULAR_SUFFIXES | TEXT_SUFFIXES)})")
+            out.extend(files)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise StrideInputError(f"corpus file {str(path)!r} does not exist (or is not a file)")
+    return out
 
 
 def _hf_frames(cfg: CorpusConfig) -> list[pl.DataFrame]:
@@ -260,19 +280,25 @@ def load_passages(cfg: CorpusConfig) -> pl.DataFrame:
 def split_holdout(df: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Seeded split into ``(train, holdout)``, both in the original order.
 
-    The holdout has ``round(fraction * n)`` rows; the training part must keep at least 2.
+    Each example is held out by a hash of ``(seed, example_id)`` falling below ``fraction``, so
+    its side does not depend on which other examples (shards) are present: appending a shard
+    never moves an existing example between training and holdout. The training part must keep
+    at least 2 rows.
     """
     if not 0.0 <= fraction < 1.0:
         raise StrideInputError(f"holdout fraction must be in [0, 1), got {fraction}")
-    n = df.height
-    n_holdout = round(fraction * n)
-    if n - n_holdout < 2:
+    is_holdout = np.array([stable_unit(f"{seed}:{eid}") < fraction for eid in df["example_id"]], dtype=bool)
+    n_train = int((~is_holdout).sum())
+    if n_train < 2:
         raise StrideInputError(
-            f"holdout fraction {fraction} of {n} passages leaves {n - n_holdout} for training (need at least 2)"
+            f"holdout fraction {fraction} of {df.height} passages leaves {n_train} for training (need at least 2)"
         )
-    is_holdout = np.zeros(n, dtype=bool)
-    is_holdout[np.random.default_rng(seed).permutation(n)[:n_holdout]] = True
     return df.filter(pl.Series(~is_holdout)), df.filter(pl.Series(is_holdout))
+
+
+def stable_unit(text: str) -> float:
+    """A number in [0, 1) fixed by ``text`` (sha256), the same on every machine and run."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64
 
 
 def _query_file(path_str: str, text_column: str) -> pl.DataFrame:

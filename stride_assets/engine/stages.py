@@ -1,14 +1,21 @@
 """The eight stages of a STRIDE run. Each reads its inputs from the store, writes its named
 artifacts (atomically, with ``args.json`` beside them) and returns a ``StageResult``.
 
-    training_corpus -> query_set
-    training_corpus -> base_model ---------\
-    training_corpus -> subset_design -> steering_operators -> perturbation_matrix -> influence_scores -> curated_dataset
-                                                  query_set ----/
+The corpus comes in shards and the queries in batches (``shards.py``); the stages are blocks:
+
+    training_corpus[shard] -> subset_design[shard] -> steering_operators[shard] --\
+    base_model ------------------------------------------------/                     perturbation_matrix[batch/shard]
+    query_set[batch] ----------------------------------------------------------------/        |
+    influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
+    curated_dataset          (fan-in over batches)
+
+The base model is frozen: it does not follow the corpus (the tiny default trains once on the
+shards present when it is built).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,9 +27,10 @@ import torch
 
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm, plots
+from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import Store, file_digest, read_json, write_json, write_parquet
 from stride_assets.engine.backbone import encode_all, make_site, take
-from stride_assets.engine.config import StrideConfig, resolve_device
+from stride_assets.engine.config import StrideConfig, TrainConfig, resolve_device
 from stride_assets.engine.curation import curate
 from stride_assets.engine.design import SubsetDesign, draw_design, validate_design
 from stride_assets.engine.errors import StrideInputError
@@ -36,23 +44,45 @@ Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- readers of stored artifacts
-def read_corpus(store: Store, part: str = "train") -> pl.DataFrame:
-    return pl.read_parquet(store.require("training_corpus", f"{part}.parquet"))
+def read_corpus(store: Store, shard: str, part: str = "train") -> pl.DataFrame:
+    return pl.read_parquet(store.require("training_corpus", f"{part}.parquet", shard))
 
 
-def read_queries(store: Store) -> pl.DataFrame:
-    return pl.read_parquet(store.require("query_set", "queries.parquet"))
+def read_train(store: Store, shard_list: list[str]) -> pl.DataFrame:
+    """The training parts of the shards, in order, with a global ``example_index`` and the ``shard``."""
+    if not shard_list:
+        raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+    frames, offset = [], 0
+    for shard in shard_list:
+        frame = read_corpus(store, shard)
+        frames.append(frame.with_columns((pl.col("example_index").cast(pl.Int64) + offset).alias("example_index"),
+                                         pl.lit(shard).alias("shard")))
+        offset += frame.height
+    return pl.concat(frames)
 
 
-def read_design(store: Store) -> SubsetDesign:
-    pairs = pl.read_parquet(store.require("subset_design", "membership.parquet"))
-    args = store.read_args("subset_design")
+def read_queries(store: Store, batch: str) -> pl.DataFrame:
+    return pl.read_parquet(store.require("query_set", "queries.parquet", batch))
+
+
+def read_all_queries(store: Store, batches: list[str]) -> pl.DataFrame:
+    return pl.concat([read_queries(store, b) for b in batches])
+
+
+def read_design(store: Store, shard: str) -> SubsetDesign:
+    pairs = pl.read_parquet(store.require("subset_design", "membership.parquet", shard))
+    args = store.read_args("subset_design", shard)
     K, n = int(args["K"]), int(args["n"])
     M = sp.csr_matrix(
         (np.ones(pairs.height, dtype=np.float32), (pairs["subset"].to_numpy(), pairs["example_index"].to_numpy())),
         shape=(K, n),
     )
     return SubsetDesign(membership=M, seed=int(args["seed"]))
+
+
+def read_block_design(store: Store, shard_list: list[str]) -> sp.csr_matrix:
+    """The shards' membership matrices as one block-diagonal (sum K) x (sum n) matrix."""
+    return sp.block_diag([read_design(store, s).membership for s in shard_list], format="csr", dtype=np.float32)
 
 
 def load_base_model(store: Store):
@@ -63,9 +93,9 @@ def load_base_model(store: Store):
     )
 
 
-def load_bank(store: Store) -> tuple[OperatorBank, dict]:
-    args = store.read_args("steering_operators")
-    return OperatorBank.load(store.require("steering_operators", "operators.safetensors")), args
+def load_bank(store: Store, shard: str) -> tuple[OperatorBank, dict]:
+    args = store.read_args("steering_operators", shard)
+    return OperatorBank.load(store.require("steering_operators", "operators.safetensors", shard)), args
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -78,24 +108,25 @@ def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- stages
-def training_corpus(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Training passages (and held-out query candidates) from the configured source."""
-    passages = corpus_mod.load_passages(cfg.corpus)
+def training_corpus(cfg: StrideConfig, store: Store, log: Log, shard: str) -> StageResult:
+    """One shard of training passages (and its held-out query candidates) from the configured source."""
+    passages = shards_mod.load_shard(cfg.corpus, shard)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
-    # fail now, not after the base model has trained, on settings that cannot work for this corpus
+    # fail now, not after hours of work, on settings that cannot work for this shard
     validate_design(train.height, cfg.design.K, cfg.design.d)
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
-    stage = store.stage("training_corpus")
+    stage = store.stage("training_corpus", shard)
     files = [write_parquet(train, stage / "train.parquet"), write_parquet(holdout, stage / "holdout.parquet")]
-    store.write_args("training_corpus", cfg.corpus.model_dump())
+    store.write_args("training_corpus", {**cfg.corpus.model_dump(), "shard": shard}, shard)
     lengths = train["text"].str.len_chars()
-    log(f"corpus: {train.height} training passages, {holdout.height} held out")
+    log(f"corpus shard {shard}: {train.height} training passages, {holdout.height} held out")
     return StageResult(
         stage="training_corpus",
         path=stage,
         metadata={"rows": train.height, "holdout_rows": holdout.height, "mean_chars": float(lengths.mean()),
-                  "source": cfg.corpus.source},
+                  "source": cfg.corpus.source, "shard": shard,
+                  "source_digest": shards_mod.shard_digest(cfg.corpus, shard, passages)},
         markdown={"sample": markdown_table(train.head(5).select("example_id", "text"))},
         params={f"corpus.{k}": v for k, v in cfg.corpus.model_dump().items()},
         metrics={"corpus_rows": train.height, "holdout_rows": holdout.height},
@@ -103,17 +134,17 @@ def training_corpus(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     )
 
 
-def query_set(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Queries to attribute: held-out passages, fixed prompts and an optional file."""
-    queries = corpus_mod.build_query_set(read_corpus(store, "holdout"), cfg.queries)
-    path = write_parquet(queries, store.path("query_set", "queries.parquet"))
-    store.write_args("query_set", cfg.queries.model_dump())
+def query_set(cfg: StrideConfig, store: Store, log: Log, batch: str) -> StageResult:
+    """One batch of queries to attribute: held-out passages and prompts (default) or a query file."""
+    queries = shards_mod.load_batch(cfg, batch)
+    path = write_parquet(queries, store.path("query_set", "queries.parquet", batch))
+    store.write_args("query_set", {**cfg.queries.model_dump(), "batch": batch}, batch)
     kinds = dict(queries.group_by("kind").len().iter_rows())
-    log(f"queries: {queries.height} ({kinds})")
+    log(f"queries {batch}: {queries.height} ({kinds})")
     return StageResult(
         stage="query_set",
         path=path.parent,
-        metadata={"rows": queries.height, **{f"kind_{k}": int(v) for k, v in kinds.items()}},
+        metadata={"rows": queries.height, "batch": batch, "source_digest": shards_mod.batch_digests(cfg)[batch], **{f"kind_{k}": int(v) for k, v in kinds.items()}},
         markdown={"sample": markdown_table(queries.head(5))},
         params={"queries.n_holdout": cfg.queries.n_holdout, "queries.n_prompts": len(cfg.queries.prompts)},
         metrics={"queries": queries.height},
@@ -124,7 +155,8 @@ def query_set(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
 def base_model(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     """The frozen model: a user's transformers model, or a small GPT-2 trained here on the corpus."""
     mc = cfg.model
-    train, holdout = read_corpus(store), read_corpus(store, "holdout")
+    passages = pl.concat(list(shards_mod.load_shards(cfg.corpus).values()))
+    train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     stage = store.stage("base_model")
     curve: list[tuple[int, float]] = []
     start = time.perf_counter()
@@ -140,7 +172,8 @@ def base_model(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
         curve = [(int(r["step"]), float(r["loss"])) for r in rows]
         model = model.to("cpu")
         lm.save_model(model, tokenizer, stage / "model")
-        ref = {"path": str(stage / "model"), "tokenizer_path": None, "trained_here": True}
+        ref = {"path": str(stage / "model"), "tokenizer_path": None, "trained_here": True,
+               "trained_on_examples": train.height}
         fingerprint = file_digest(stage / "model")
     else:
         model, tokenizer = lm.load_model(
@@ -180,62 +213,71 @@ def _local_weights(path: str) -> list[Path]:
     return sorted(p.glob("*.safetensors")) + sorted(p.glob("*.json")) if p.is_dir() else []
 
 
-def subset_design(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """K subsets of the training set, each example in exactly d of them."""
-    n = read_corpus(store).height
+def subset_design(cfg: StrideConfig, store: Store, log: Log, shard: str) -> StageResult:
+    """K subsets of one shard's training examples, each example in exactly d of them."""
+    n = read_corpus(store, shard).height
     dc = cfg.design
-    design = draw_design(n, dc.K, dc.d, dc.seed)
+    seed = shards_mod.derive_seed(dc.seed, shard)
+    design = draw_design(n, dc.K, dc.d, seed)
     subsets, examples = design.member_table()
     pairs = pl.DataFrame({"subset": subsets.astype(np.int32), "example_index": examples.astype(np.int32)})
-    path = write_parquet(pairs.sort(["subset", "example_index"]), store.path("subset_design", "membership.parquet"))
-    store.write_args("subset_design", {**dc.model_dump(), "n": n})
+    path = write_parquet(pairs.sort(["subset", "example_index"]), store.path("subset_design", "membership.parquet", shard))
+    store.write_args("subset_design", {**dc.model_dump(), "seed": seed, "n": n, "shard": shard}, shard)
     sizes = design.subset_sizes()
-    log(f"design: K={dc.K}, d={dc.d}, n={n}, subset sizes {sizes.min()}..{sizes.max()}")
+    log(f"design {shard}: K={dc.K}, d={dc.d}, n={n}, subset sizes {sizes.min()}..{sizes.max()}")
     return StageResult(
         stage="subset_design",
         path=path.parent,
-        metadata={"K": dc.K, "d": dc.d, "n": n, "subset_size_min": int(sizes.min()),
+        metadata={"K": dc.K, "d": dc.d, "n": n, "shard": shard, "subset_size_min": int(sizes.min()),
                   "subset_size_mean": float(sizes.mean()), "subset_size_max": int(sizes.max())},
-        params={"design.K": dc.K, "design.d": dc.d, "design.seed": dc.seed, "n": n},
+        params={"design.K": dc.K, "design.d": dc.d, "design.seed": seed, "n": n},
         metrics={"subset_size_mean": float(sizes.mean())},
         fingerprint=file_digest(path),
     )
 
 
-def steering_operators(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Shared basis + per-subset matrices trained on cached features of the frozen model."""
-    oc, tc = cfg.operators, cfg.training
+def shard_training(tc: TrainConfig, n: int, d: int, shard: str) -> TrainConfig:
+    """The shard's training settings: its own seed, and steps from ``epochs`` when that is set."""
+    steps = tc.steps if tc.epochs is None else max(1, math.ceil(tc.epochs * n * d / tc.batch_size))
+    return tc.model_copy(update={"steps": steps, "seed": shards_mod.derive_seed(tc.seed, shard)})
+
+
+def steering_operators(cfg: StrideConfig, store: Store, log: Log, shard: str) -> StageResult:
+    """One shard's operator bank: shared basis + per-subset matrices trained on cached features of the frozen model."""
+    oc = cfg.operators
+    design = read_design(store, shard)
+    tc = shard_training(cfg.training, design.n, design.d, shard)
     device = resolve_device(tc.device)
     model, tokenizer = load_base_model(store)
-    design = read_design(store)
-    texts = read_corpus(store)["text"].to_list()
+    texts = read_corpus(store, shard)["text"].to_list()
     if len(texts) != design.n:
-        raise StrideInputError(f"subset design covers n={design.n} examples but the corpus has {len(texts)}: "
-                               "re-materialize subset_design")
+        raise StrideInputError(f"subset design of shard {shard!r} covers n={design.n} examples but the shard has "
+                               f"{len(texts)}: re-materialize subset_design for it")
     batch = _to(encode_texts(tokenizer, texts, cfg.model.max_length), device)
     site = make_site(model.to(device), oc.form, oc.layer)
     start = time.perf_counter()
     feats = encode_all(site, batch)
     cache_seconds = time.perf_counter() - start
-    log(f"operators: cached {tuple(feats.shape)} features at the {oc.form} site in {cache_seconds:.1f}s")
+    log(f"operators {shard}: cached {tuple(feats.shape)} features at the {oc.form} site in {cache_seconds:.1f}s")
     bank = OperatorBank(design.K, site.in_dim, site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale, tc.seed)
     bank.to(device).set_feature_stats(feats, batch["attention_mask"])
     trainlog = train_operators(site, bank, feats, batch, design, tc, log)
     diag = _diagnostics(site, bank, batch, design, cfg)
-    stage = store.stage("steering_operators")
+    stage = store.stage("steering_operators", shard)
     bank_path = bank.to("cpu").save(stage / "operators.safetensors")
     log_path = write_parquet(pl.DataFrame(trainlog.rows), stage / "training_log.parquet")
     layer = getattr(site, "layer", None)
     store.write_args("steering_operators", {"operators": oc.model_dump(), "training": tc.model_dump(), "layer": layer,
-                                             "measure_mode": cfg.measure.mode})
+                                             "measure_mode": cfg.measure.mode, "shard": shard}, shard)
     final = trainlog.rows[-1] if trainlog.rows else {}
     keys = [k for k in ("fidelity", "stability", "linearity") if k in final]
     result = StageResult(
         stage="steering_operators",
         path=stage,
         metadata={"form": oc.form, "layer": -1 if layer is None else layer, "rank": oc.rank, "K": design.K,
-                  "steps": tc.steps, "epochs": float(final.get("epochs", 0.0)), "seconds": trainlog.seconds,
-                  "cache_seconds": cache_seconds, **{f"final_{k}": final[k] for k in keys}, **diag},
+                  "shard": shard, "steps": tc.steps, "epochs": float(final.get("epochs", 0.0)),
+                  "seconds": trainlog.seconds, "cache_seconds": cache_seconds,
+                  **{f"final_{k}": final[k] for k in keys}, **diag},
         markdown={"loss_curve": markdown_table(pl.DataFrame(trainlog.rows).select("step", *keys).tail(8))}
         if trainlog.rows else {},
         params={f"operators.{k}": v for k, v in oc.model_dump().items()}
@@ -269,37 +311,43 @@ def _diagnostics(site, bank: OperatorBank, batch, design: SubsetDesign, cfg: Str
             "response_cv": cv}
 
 
-def perturbation_matrix(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Queries x K responses: loss_base(q) - loss_k(q) for every operator k."""
+def perturbation_matrix(cfg: StrideConfig, store: Store, log: Log, shard: str, batch: str) -> StageResult:
+    """One block of responses, queries of a batch x operators of a shard: loss_base(q) - loss_k(q)."""
     mc = cfg.measure
     device = resolve_device(mc.device)
-    queries = read_queries(store)
+    queries = read_queries(store, batch)
     model, tokenizer = load_base_model(store)
-    bank, args = load_bank(store)
+    bank, args = load_bank(store, shard)
     site = make_site(model.to(device), args["operators"]["form"], args["layer"])
-    batch = _to(encode_texts(tokenizer, queries["text"].to_list(), cfg.model.max_length), device)
+    tokens = _to(encode_texts(tokenizer, queries["text"].to_list(), cfg.model.max_length), device)
     start = time.perf_counter()
-    Y = responses(site, bank.to(device), batch, mc.mode, mc.query_batch, mc.operator_chunk,
+    Y = responses(site, bank.to(device), tokens, mc.mode, mc.query_batch, mc.operator_chunk,
                   progress=lambda done, total: log(f"measured {done}/{total} queries"))
     seconds = time.perf_counter() - start
-    base = _base_losses(site, batch, mc.query_batch)
+    base = _base_losses(site, tokens, mc.query_batch)
     frame = pl.DataFrame({"query_id": queries["query_id"], "base_loss": base.astype(np.float32),
                           "response": Y.tolist()}, schema_overrides={"response": pl.Array(pl.Float32, bank.K)})
-    path = write_parquet(frame, store.path("perturbation_matrix", "responses.parquet"))
-    store.write_args("perturbation_matrix", mc.model_dump())
+    key = block_key(shard, batch)
+    path = write_parquet(frame, store.path("perturbation_matrix", "responses.parquet", key))
+    store.write_args("perturbation_matrix", {**mc.model_dump(), "shard": shard, "batch": batch}, key)
     return StageResult(
         stage="perturbation_matrix",
         path=path.parent,
-        metadata={"queries": Y.shape[0], "K": Y.shape[1], "mode": mc.mode, "seconds": seconds,
-                  "seconds_per_query": seconds / max(1, Y.shape[0]), "mean_abs_response": float(np.abs(Y).mean()),
-                  "mean_base_loss": float(base.mean())},
+        metadata={"queries": Y.shape[0], "K": Y.shape[1], "shard": shard, "batch": batch, "mode": mc.mode,
+                  "seconds": seconds, "seconds_per_query": seconds / max(1, Y.shape[0]),
+                  "mean_abs_response": float(np.abs(Y).mean()), "mean_base_loss": float(base.mean())},
         params={f"measure.{k}": v for k, v in mc.model_dump().items()},
         metrics={"measure_seconds": seconds, "mean_abs_response": float(np.abs(Y).mean()),
                  "mean_query_base_loss": float(base.mean())},
-        plots={"responses": plots.histogram(Y.ravel(), store.path("perturbation_matrix", "responses.png"),
+        plots={"responses": plots.histogram(Y.ravel(), store.path("perturbation_matrix", "responses.png", key),
                                             "responses y[q,k]", "loss_base - loss_k")},
         fingerprint=file_digest(path),
     )
+
+
+def block_key(shard: str, batch: str) -> str:
+    """Storage key of one perturbation block."""
+    return f"{batch}/{shard}"
 
 
 @torch.no_grad()
@@ -313,9 +361,20 @@ def _base_losses(site, batch: dict[str, torch.Tensor], chunk: int) -> np.ndarray
     return torch.cat(parts).numpy()
 
 
-def read_responses(store: Store) -> tuple[pl.DataFrame, np.ndarray]:
-    frame = pl.read_parquet(store.require("perturbation_matrix", "responses.parquet"))
-    return frame.drop("response"), np.asarray(frame["response"].to_numpy(), dtype=np.float64)
+def read_responses(store: Store, batch: str, shard_list: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    """The batch's responses to every shard's operators, side by side: (query frame, Q x sum K)."""
+    meta, blocks = None, []
+    for shard in shard_list:
+        frame = pl.read_parquet(store.require("perturbation_matrix", "responses.parquet", block_key(shard, batch)))
+        if meta is None:
+            meta = frame.drop("response")
+        elif frame["query_id"].to_list() != meta["query_id"].to_list():
+            raise StrideInputError(f"responses of shard {shard!r} are for another version of query batch {batch!r}: "
+                                   "re-materialize its perturbation_matrix block")
+        blocks.append(np.asarray(frame["response"].to_numpy(), dtype=np.float64))
+    if meta is None:
+        raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+    return meta, np.hstack(blocks)
 
 
 def influence_table(influence: sp.csr_matrix, query_ids: list[str], train: pl.DataFrame) -> pl.DataFrame:
@@ -341,27 +400,28 @@ def top_k_table(scores: pl.DataFrame, train: pl.DataFrame, k: int) -> pl.DataFra
     )
 
 
-def influence_scores(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Per-query Lasso recovery of per-example influence from the responses."""
+def influence_scores(cfg: StrideConfig, store: Store, log: Log, batch: str) -> StageResult:
+    """Per-query Lasso recovery of per-example influence for one query batch, over every shard."""
     rc = cfg.recovery
-    meta, Y = read_responses(store)
-    design, train = read_design(store), read_corpus(store)
+    shard_list = shards_mod.shard_names(cfg.corpus)
+    meta, Y = read_responses(store, batch, shard_list)
+    membership, train = read_block_design(store, shard_list), read_train(store, shard_list)
     start = time.perf_counter()
-    rec = recover(Y, design.membership, rc)
+    rec = recover(Y, membership, rc)
     seconds = time.perf_counter() - start
     scores = influence_table(rec.influence, meta["query_id"].to_list(), train)
     top = top_k_table(scores, train, rc.top_k)
-    stage = store.stage("influence_scores")
+    stage = store.stage("influence_scores", batch)
     per_query = meta.with_columns(lambda_ratio=rec.ratio, alpha=rec.alpha, r2=rec.r2, nnz=rec.nnz)
     paths = [write_parquet(scores, stage / "scores.parquet"), write_parquet(top, stage / "top_k.parquet"),
              write_parquet(per_query, stage / "per_query.parquet")]
-    store.write_args("influence_scores", rc.model_dump())
-    log(f"influence: {scores.height} non-zero scores over {Y.shape[0]} queries in {seconds:.1f}s")
+    store.write_args("influence_scores", {**rc.model_dump(), "batch": batch, "shards": shard_list}, batch)
+    log(f"influence {batch}: {scores.height} non-zero scores over {Y.shape[0]} queries in {seconds:.1f}s")
     shown = top.filter(pl.col("query_id").is_in(meta["query_id"].head(3).to_list()))
     return StageResult(
         stage="influence_scores",
         path=stage,
-        metadata={"queries": Y.shape[0], "nonzero": scores.height, "nnz_per_query": float(rec.nnz.mean()),
+        metadata={"queries": Y.shape[0], "batch": batch, "shards": len(shard_list), "nonzero": scores.height, "nnz_per_query": float(rec.nnz.mean()),
                   "r2_mean": float(rec.r2.mean()), "lambda_ratio_mean": float(rec.ratio.mean()), "seconds": seconds,
                   "positive_fraction": float((scores["score"] > 0).mean()) if scores.height else 0.0,
                   "finite": bool(np.isfinite(rec.influence.data).all())},
@@ -377,8 +437,8 @@ def influence_scores(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
 
 def curated_dataset(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     """Examples kept (top influence for the queries) and dropped (strongly negative), with reasons."""
-    scores = pl.read_parquet(store.require("influence_scores", "scores.parquet"))
-    decided = curate(scores, read_corpus(store), cfg.curation)
+    scores = read_scores(store, shards_mod.batch_names(cfg))
+    decided = curate(scores, read_train(store, shards_mod.shard_names(cfg.corpus)), cfg.curation)
     stage = store.stage("curated_dataset")
     kept, dropped = decided.filter(pl.col("decision") == "keep"), decided.filter(pl.col("decision") == "drop")
     paths = [write_parquet(kept, stage / "data" / "kept.parquet"), write_parquet(dropped, stage / "data" / "dropped.parquet")]
@@ -394,3 +454,8 @@ def curated_dataset(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
         metrics={"kept": kept.height, "dropped": dropped.height},
         fingerprint=file_digest(*paths),
     )
+
+
+def read_scores(store: Store, batches: list[str], name: str = "scores.parquet") -> pl.DataFrame:
+    """The influence scores (or top-k tables) of the query batches, stacked."""
+    return pl.concat([pl.read_parquet(store.require("influence_scores", name, b)) for b in batches])

@@ -33,7 +33,8 @@ def retrain_keys(cfg: StrideConfig) -> list[str]:
 
 def _task(cfg: StrideConfig, store: Store) -> LMTask:
     """The pipeline's corpus, queries and base-model recipe as a harness task (test split = queries)."""
-    from stride_assets.engine.stages import read_corpus, read_queries
+    from stride_assets.engine.shards import batch_names, shard_names
+    from stride_assets.engine.stages import read_all_queries, read_train
 
     if cfg.model.path is not None:
         raise StrideInputError(
@@ -44,7 +45,7 @@ def _task(cfg: StrideConfig, store: Store) -> LMTask:
     recipe = GPTRecipe(n_layer=tiny.n_layer, n_embd=tiny.n_embd, n_head=tiny.n_head, vocab_size=tiny.vocab_size,
                        max_length=cfg.model.max_length, epochs=None, steps=tiny.steps, batch_size=tiny.batch_size,
                        lr=tiny.lr, weight_decay=tiny.weight_decay)
-    train, queries = read_corpus(store), read_queries(store)
+    train, queries = read_train(store, shard_names(cfg.corpus)), read_all_queries(store, batch_names(cfg))
     texts, ids = queries["text"].to_list(), queries["query_id"].to_list()
     return LMTask(train["text"].to_list(), {"val": texts[:1], "test": texts}, recipe, name="pipeline",
                   example_ids=train["example_id"].to_list(), query_ids={"val": ids[:1], "test": ids})
@@ -60,10 +61,11 @@ def read_subsets(store: Store) -> np.ndarray:
 
 def eval_subsets(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     """m random subsets of the training corpus (own seed, independent of the subset design)."""
-    from stride_assets.engine.stages import read_corpus
+    from stride_assets.engine.shards import shard_names
+    from stride_assets.engine.stages import read_train
 
     ec = cfg.evaluation
-    n = read_corpus(store).height
+    n = read_train(store, shard_names(cfg.corpus)).height
     subsets = draw_subsets(n, ec.m, ec.fraction, ec.seed)
     rows, cols = np.nonzero(subsets)
     path = write_parquet(pl.DataFrame({"subset_id": rows.astype(np.int32), "example_index": cols.astype(np.int32)}),
@@ -88,8 +90,11 @@ def retrained_losses(cfg: StrideConfig, store: Store, key: str, log: Log) -> Sta
                        metrics={"mean_query_loss": float(losses.mean())}, fingerprint=file_digest(path))
 
 
-def _stride_scores(store: Store, query_ids: list[str], n: int) -> np.ndarray:
-    scores = pl.read_parquet(store.require("influence_scores", "scores.parquet"))
+def _stride_scores(cfg: StrideConfig, store: Store, query_ids: list[str], n: int) -> np.ndarray:
+    from stride_assets.engine.shards import batch_names
+    from stride_assets.engine.stages import read_scores
+
+    scores = read_scores(store, batch_names(cfg))
     row = {q: i for i, q in enumerate(query_ids)}
     M = sp.csr_matrix((scores["score"].to_numpy(), ([row[q] for q in scores["query_id"]],
                                                     scores["example_index"].to_numpy())), shape=(len(query_ids), n))
@@ -110,7 +115,7 @@ def lds_report(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
     task = _task(cfg, store)
     qids = task.query_ids["test"]
     losses = frame.pivot(on="query_id", index="subset_id", values="loss").select(qids).to_numpy()
-    scores = {"stride": _stride_scores(store, qids, task.n)}
+    scores = {"stride": _stride_scores(cfg, store, qids, task.n)}
     model, _tok = load_base_model(store)
     for name in cfg.evaluation.baselines:
         scores[name] = METHODS[name](task, Trained(model), "test").scores

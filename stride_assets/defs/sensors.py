@@ -1,0 +1,60 @@
+"""Re-attribution when the data changes: the corpus sensor.
+
+Each tick lists the corpus shards and query batches with their content hashes (the engine's
+``shards`` module). It registers new ones as dynamic partitions, forgets removed ones, records
+the hashes as observations of ``corpus_source``, and starts a run for every shard (or batch)
+whose latest materialization was made from other data: the new shard's operators only, existing
+banks untouched. Declarative automation (``AutomationCondition.eager``) then measures the new
+blocks, re-solves the affected query batches and refreshes the curated outputs.
+"""
+
+import dagster as dg
+
+from stride_assets.defs.assets import batch_partitions, shard_partitions
+from stride_assets.defs.jobs import queries_job, shard_job
+from stride_assets.engine.shards import batch_digests, shard_digests
+from stride_assets.resources import StrideResource
+
+TICK_SECONDS = 60
+
+
+def recorded_digest(instance: dg.DagsterInstance, asset: str, partition: str) -> str | None:
+    """The source digest the latest materialization of ``asset[partition]`` was made from."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("source_digest")
+    return None if value is None else str(value.value)
+
+
+def _plan(context: dg.SensorEvaluationContext, digests: dict[str, str], partitions: dg.DynamicPartitionsDefinition,
+          asset: str, job) -> tuple[list, list[dg.RunRequest]]:
+    known = set(context.instance.get_dynamic_partitions(partitions.name))
+    requests = []
+    for key, digest in digests.items():
+        if recorded_digest(context.instance, asset, key) != digest:
+            # the run key makes a pending or finished request for these exact bytes a no-op on later ticks
+            requests.append(dg.RunRequest(run_key=f"{key}@{digest[:16]}", partition_key=key, job_name=job.name,
+                                          tags={"stride/reason": "new" if key not in known else "changed"}))
+    new, gone = sorted(set(digests) - known), sorted(known - set(digests))
+    changes = ([partitions.build_add_request(new)] if new else []) + ([partitions.build_delete_request(gone)] if gone else [])
+    return changes, requests
+
+
+@dg.sensor(
+    name="corpus_sensor",
+    jobs=[shard_job, queries_job],
+    minimum_interval_seconds=TICK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds new corpus shards and query batches as partitions and attributes what changed.",
+)
+def corpus_sensor(context: dg.SensorEvaluationContext, stride: StrideResource) -> dg.SensorResult:
+    cfg = stride.config()
+    shards = shard_digests(cfg.corpus)
+    shard_changes, shard_runs = _plan(context, shards, shard_partitions, "training_corpus", shard_job)
+    batch_changes, batch_runs = _plan(context, batch_digests(cfg), batch_partitions, "query_set", queries_job)
+    observations = [dg.AssetObservation(asset_key="corpus_source", partition=key, tags={"dagster/data_version": digest})
+                    for key, digest in shards.items()]
+    return dg.SensorResult(run_requests=shard_runs + batch_runs, dynamic_partitions_requests=shard_changes + batch_changes,
+                           asset_events=observations)
