@@ -1,0 +1,529 @@
+"""Cost of attribution on pydoc-gpt: STRIDE (logit and activation form) against ``logra``.
+
+For each GPT-2 size of a ladder, on the pydoc training passages (n = 1,004, 100 test queries),
+seconds are split into a one-time part (does not depend on the queries) and a per-query part:
+
+- STRIDE: one-time = feature caching (``encode_all``) + design (``draw_design``) + operator bank
+  set-up + operator training (``train_operators``, ``steps`` from the suite); per query =
+  measurement (``responses``: the query's forward pass and first-order responses) + Lasso
+  (``recover``, the lambda the pydoc-gpt report chose, one job).
+- logra: one-time = per-example training gradients, CountSketch-projected (``GradientSpace``)
+  + Gram matrix and Cholesky factor (``DampedSolver``); per query = the query's projected
+  gradient + the damped solve and scoring against the n training gradients.
+
+Settings are the pydoc-gpt suite's (``suites.lm_stride(quick=False)``: K 256, d 8, rank 16,
+1,000 steps of 32 pairs; logra with damping 1.0 as chosen there, projection "auto" = 4,096).
+Cost, not quality, is measured: only the first size gets the suite's full training recipe; the
+others are trained for ``--train-steps`` steps (seconds per forward / backward / training step do
+not depend on the weights). STRIDE's Lasso is the same K x n problem at every size but its
+iterations depend on how well the model and operators are trained, so the per-query Lasso of
+the first size (the suite's model and, for ``--full-steps-first``, operators trained all steps) is
+used at every size; each size's own is kept as ``lasso_own_per_query_s``.
+
+Seconds are CPU seconds of this single-threaded process (``--clock cpu``): what the work takes
+on one core, much less sensitive than wall time to other jobs sharing the cores (not immune:
+memory bandwidth and caches are shared too).
+
+Two things are measured on part of the work and scaled linearly, and say so in the report:
+operator training (seconds per step, the median of 3 short runs after a warm-up, times the
+suite's steps: a step does the same fixed-size work every time; at the first size the methods
+of ``--full-steps-first``, by default the logit form, run all steps instead) and, when it
+would take longer than ``--grad-budget`` seconds, logra's training-gradient pass (seconds per
+example, measured on a prefix of the training set, times n; the Gram matrix and its Cholesky
+factor are always computed at full size). Per-query seconds are the median of ``--repeats``
+runs over the test queries.
+
+Then: the crossover number of queries Q* = (one_time_S - one_time_L) / (per_query_L -
+per_query_S); end-to-end ratios logra / STRIDE at 1,000 and 100,000 queries (also with 250 and
+100 operator steps: time only, nothing about quality); and fits of each cost against the
+parameter count P, power laws (a P^b) and affine (c0 + c1 P), extrapolated (labelled as such) to
+the model size at which STRIDE becomes cheaper (and 5x cheaper) at 1,000 queries.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_cost.py --out benchmarks/reports/cost.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_cost.py --from-report benchmarks/reports/cost.json  # re-analyse only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from stride_assets.engine.backbone import encode_all
+from stride_assets.engine.design import draw_design
+from stride_assets.engine.evaluation import stride_method
+from stride_assets.engine.evaluation.lm_task import LMTask, pydoc_task
+from stride_assets.engine.evaluation.methods.base import DampedSolver, trainable
+from stride_assets.engine.evaluation.methods.gradients import GradientSpace, clear_cache, logra
+from stride_assets.engine.evaluation.stride_method import StrideSettings
+from stride_assets.engine.evaluation.suites import lm_stride
+from stride_assets.engine.operators import OperatorBank
+from stride_assets.engine.training import train_operators
+
+warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap over CPU attention
+
+LOGRA_DAMPING = 1.0  # pydoc-gpt's validation choice (benchmarks/reports/pydoc-gpt.json)
+DEFAULT_LAMBDA = {"stride_logit": 0.2, "stride": 0.7}  # idem, used when that report is absent
+QUERY_COUNTS = (1_000, 100_000)
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+CLOCK: Callable[[], float] = time.process_time  # --clock: CPU seconds of this process (1 thread) or wall
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds ``fn`` took on ``CLOCK``, and its result."""
+    start = CLOCK()
+    out = fn()
+    return CLOCK() - start, out
+
+
+def median_of(fn: Callable[[], Any], repeats: int, slow: float = 20.0) -> tuple[float, list[float], Any]:
+    """Median seconds of ``repeats`` runs (a single run when the first takes more than ``slow`` seconds)."""
+    runs, out = [], None
+    for _ in range(repeats):
+        s, out = timed(fn)
+        runs.append(s)
+        if s > slow:
+            break
+    return statistics.median(runs), runs, out
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """'LxE' or 'LxExH' -> (n_layer, n_embd, n_head); heads default to n_embd / 32 (at least 2)."""
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) == 2:
+        parts.append(max(2, parts[1] // 32))
+    return parts[0], parts[1], parts[2]
+
+
+def chosen_settings(report: Path) -> tuple[dict[str, float], float]:
+    """Lambda ratios of the STRIDE forms and logra's damping as chosen on pydoc-gpt validation."""
+    lam, damping = dict(DEFAULT_LAMBDA), LOGRA_DAMPING
+    if report.exists():
+        data = json.loads(report.read_text())
+        for name in lam:
+            lam[name] = float(data.get(name, {}).get("chosen", {}).get("lambda_ratio", lam[name]))
+        damping = float(data.get("logra", {}).get("chosen", {}).get("damping", damping))
+    return lam, damping
+
+
+# --- STRIDE -------------------------------------------------------------------------------------
+
+
+def new_bank(site, settings: StrideSettings, design) -> OperatorBank:
+    oc = settings.operators
+    return OperatorBank(design.K, site.in_dim, site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale,
+                        settings.training.seed)
+
+
+def optimizer_step_seconds(bank: OperatorBank, settings: StrideSettings, repeats: int = 5) -> float:
+    """One AdamW update of the bank's parameters with dense gradients (as ``train_operators`` makes)."""
+    params = [p for p in bank.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.training.lr, weight_decay=settings.training.weight_decay)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()  # allocates the moments
+    runs = []
+    for _ in range(repeats):
+        s, _ = timed(opt.step)
+        runs.append(s)
+    for p in params:
+        p.grad = None
+    return statistics.median(runs)
+
+
+def stride_cost(task: LMTask, model: torch.nn.Module, name: str, settings: StrideSettings, lam: float,
+                all_steps: bool, step_budget: float, repeats: int, lasso_reference: tuple[float, str] | None,
+                log) -> dict[str, Any]:
+    """``stride_method.fit`` / ``measure`` / ``decode`` taken apart and timed piece by piece.
+
+    Operator training: all the suite's steps when ``all_steps``, else 3 runs of a few steps each
+    (after a 2-step warm-up), the median seconds per step times the suite's steps.
+    ``lasso_reference``: per-query Lasso seconds to use instead of this model's own (the Lasso is a
+    K x n problem whatever the model; its iterations depend on how well the operators are trained).
+    """
+    steps = settings.training.steps
+    out: dict[str, Any] = {"form": settings.operators.form, "steps": steps}
+    site = task.site(model, settings.operators.form, settings.operators.layer)
+    batch = task.train_batch()
+    out["cache_s"], feats = timed(lambda: encode_all(site, batch))
+    out["design_s"], design = timed(lambda: draw_design(task.n, settings.design.K, settings.design.d,
+                                                        settings.design.seed))
+
+    def init():
+        bank = new_bank(site, settings, design)
+        bank.set_feature_stats(feats, batch.get("attention_mask"))
+        return bank
+
+    def run(bank: OperatorBank, n_steps: int):
+        cfg = settings.training.model_copy(update={"steps": n_steps})
+        return timed(lambda: train_operators(site, bank, feats, batch, design, cfg, lambda _: None))
+
+    out["bank_init_s"], bank = timed(init)
+    warm_s, _ = run(init(), 2)  # warm-up; also sizes the measured runs
+    guess = warm_s / 2
+    setup = statistics.median([run(init(), 0)[0] for _ in range(3)])  # sampler, optimizer: once per training
+    if all_steps:
+        call_s, trainlog = run(bank, steps)
+        per_step, measured, runs = (call_s - setup) / steps, steps, []
+    else:
+        chunk = int(min(20, max(2, round(step_budget / 3 / max(guess, 1e-6)))))
+        runs = []
+        for _ in range(3):
+            call_s, trainlog = run(bank, chunk)  # the same bank goes on training; a fresh optimizer each run
+            runs.append(max(0.0, call_s - setup) / chunk)
+        per_step, measured = statistics.median(runs), 3 * chunk
+    out.update(steps_measured=measured, per_step_s=per_step, per_step_runs_s=runs, train_setup_s=setup,
+               optimizer_step_s=optimizer_step_seconds(init(), settings),
+               operator_params=int(sum(p.numel() for p in bank.parameters() if p.requires_grad)))
+    out["train_s"] = per_step * steps
+    out["train_s_measured"] = call_s - setup if all_steps else None
+    fixed = out["cache_s"] + out["design_s"] + out["bank_init_s"] + out["train_setup_s"]
+    out["one_time_s"] = fixed + out["train_s"]
+    out["one_time_at_steps"] = {str(s): fixed + per_step * s for s in (1000, 500, 250, 100, 0)}
+    log(f"    {name}: cache {out['cache_s']:.2f}s, {per_step * 1e3:.1f} ms/step x {steps} "
+        f"(measured over {measured}; an AdamW update alone {out['optimizer_step_s'] * 1e3:.1f} ms)")
+
+    fitted = stride_method.StrideFit(settings, design, bank, site, trainlog, out["one_time_s"])
+    recovery = settings.recovery.model_copy(update={"lambda_ratio": lam, "n_jobs": 1})
+    n_q = len(task.query_ids["test"])
+    stride_method.measure(task, fitted, "test")  # warm-up
+    measure_s, measure_runs, (Y, _) = median_of(lambda: stride_method.measure(task, fitted, "test"), repeats)
+    decode_s, decode_runs, _ = median_of(lambda: stride_method.decode(Y, fitted, recovery), repeats)
+    own = decode_s / n_q
+    lasso, source = (own, "own") if lasso_reference is None else lasso_reference
+    out.update(measure_per_query_s=measure_s / n_q, lasso_per_query_s=lasso, lasso_own_per_query_s=own,
+               lasso_source=source,
+               per_query_s=measure_s / n_q + lasso, queries=n_q, lambda_ratio=lam,
+               measure_runs_s=measure_runs, lasso_runs_s=decode_runs)
+    log(f"    {name}: per query {out['per_query_s'] * 1e3:.2f} ms (measure {out['measure_per_query_s'] * 1e3:.2f}, "
+        f"Lasso {lasso * 1e3:.2f}; this bank's own Lasso {own * 1e3:.2f})")
+    return out
+
+
+# --- logra --------------------------------------------------------------------------------------
+
+
+def logra_cost(task: LMTask, model: torch.nn.Module, damping: float, grad_budget: float, repeats: int,
+               log) -> dict[str, Any]:
+    """``gradients.logra`` taken apart: training gradients (on a prefix when slow), Gram + Cholesky, queries."""
+    space = GradientSpace.for_model(model, "auto", 0, "auto")
+    n = task.n
+    out: dict[str, Any] = {"proj_dim": space.proj_dim, "chunk_size": space.chunk_size, "damping": damping}
+    probe = min(n, max(space.chunk_size, 8))
+    space.grads(task, model, task.train_batch(np.arange(min(n, 4))))  # warm-up (vmap)
+    probe_s, _ = timed(lambda: space.grads(task, model, task.train_batch(np.arange(probe))))
+    per_ex_guess = probe_s / probe
+    m = n if per_ex_guess * n <= grad_budget else int(min(n, max(probe, grad_budget / per_ex_guess)))
+    grads_s, G = timed(lambda: space.grads(task, model, task.train_batch(np.arange(m))))
+    out.update(grad_examples_measured=m, grad_per_example_s=grads_s / m, train_grads_s=grads_s / m * n)
+    if m < n:  # rows beyond the measured prefix: copies (the Gram / Cholesky cost depends on shape only)
+        G = G[torch.arange(n) % m]
+    Phi = G.double()
+    k = Phi.shape[1]
+    kernel = n < k
+
+    def curvature():
+        gram = Phi @ Phi.T if kernel else Phi.T @ Phi
+        return DampedSolver.fit(gram, damping, size=k)
+
+    out["curvature_s"], solver = timed(curvature)
+    out["one_time_s"] = out["train_grads_s"] + out["curvature_s"]
+    out["form"] = "kernel" if kernel else "primal"
+    n_q = len(task.query_ids["test"])
+    qbatch = task.query_batch("test")
+
+    def per_query():
+        Gq = space.grads(task, model, qbatch).double()
+        return solver.solve(Phi @ Gq.T).T if kernel else solver.solve(Gq.T).T @ Phi.T
+
+    q_s, q_runs, _ = median_of(per_query, repeats)
+    out.update(per_query_s=q_s / n_q, queries=n_q, per_query_runs_s=q_runs)
+    log(f"    logra: grads {out['grad_per_example_s'] * 1e3:.2f} ms/example (measured on {m}/{n}), "
+        f"curvature {out['curvature_s']:.2f}s, per query {out['per_query_s'] * 1e3:.2f} ms")
+    return out
+
+
+# --- comparison -------------------------------------------------------------------------------
+
+
+def total(cost: dict[str, Any], q: float) -> float:
+    return cost["one_time_s"] + q * cost["per_query_s"]
+
+
+def crossover(stride: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Queries beyond (or below) which STRIDE is cheaper end to end than the baseline."""
+    d_one = stride["one_time_s"] - base["one_time_s"]
+    d_per = base["per_query_s"] - stride["per_query_s"]
+    if d_one <= 0 and d_per >= 0:
+        return {"q_star": None, "verdict": "always", "text": "always"}
+    if d_one > 0 and d_per <= 0:
+        return {"q_star": None, "verdict": "never", "text": "never"}
+    q = d_one / d_per
+    if d_one > 0:
+        return {"q_star": q, "verdict": "above", "text": f"Q > {q:,.0f}"}
+    return {"q_star": q, "verdict": "below", "text": f"Q < {q:,.0f}"}
+
+
+def powerlaw(P: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least squares in log-log: y = a * P^slope."""
+    slope, log_a = np.polyfit(np.log(P), np.log(y), 1)
+    return {"a": float(math.exp(log_a)), "slope": float(slope)}
+
+
+def affine(P: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Non-negative least squares y = c0 + c1 * P (a fixed part and a part proportional to the size)."""
+    from scipy.optimize import nnls
+
+    (c0, c1), _ = nnls(np.stack([np.ones_like(P), P], axis=1), y)
+    return {"c0": float(c0), "c1": float(c1)}
+
+
+def _evaluate(fit: dict[str, float], P: np.ndarray) -> np.ndarray:
+    return fit["a"] * P ** fit["slope"] if "slope" in fit else fit["c0"] + fit["c1"] * P
+
+
+COSTS = {"stride_one_time": ("S", "one_time_s"), "stride_per_query": ("S", "per_query_s"),
+         "logra_one_time": ("L", "one_time_s"), "logra_per_query": ("L", "per_query_s")}
+
+
+def extrapolate(sizes: list[dict[str, Any]], method: str, family: str, targets: tuple[float, ...],
+                q: float) -> dict[str, Any]:
+    """Fits (``family``: "power" or "affine") of the four costs against the parameter count P, and the
+    smallest P (from the smallest measured size up to 1e12) at which logra / STRIDE reaches each target at q."""
+    P = np.array([s["params"] for s in sizes], dtype=float)
+    fitter = powerlaw if family == "power" else affine
+    fits = {key: fitter(P, np.array([s[method if who == "S" else "logra"][field] for s in sizes]))
+            for key, (who, field) in COSTS.items()}
+
+    def ratio(p: np.ndarray) -> np.ndarray:
+        logra_total = _evaluate(fits["logra_one_time"], p) + q * _evaluate(fits["logra_per_query"], p)
+        return logra_total / (_evaluate(fits["stride_one_time"], p) + q * _evaluate(fits["stride_per_query"], p))
+
+    grid = np.logspace(math.log10(P.min()), 12, 4001)
+    r = ratio(grid)
+    found: dict[str, Any] = {}
+    for target in targets:
+        above = np.flatnonzero(r >= target)
+        found[str(target)] = None if len(above) == 0 else float(grid[above[0]])  # None: not below 1e12
+    out = {
+        "label": f"EXTRAPOLATION from {'power-law' if family == 'power' else 'affine (c0 + c1 P)'} fits over "
+                 "the measured ladder; not a measurement",
+        "queries": q,
+        "fits": fits,
+        "params_where_ratio_reaches": found,
+        "ratio_fitted_at_measured_sizes": [float(x) for x in ratio(P)],
+        "ratio_at_1e12_params": float(r[-1]),
+        "fit_range_params": [float(P.min()), float(P.max())],
+    }
+    if family == "affine":  # the large-model limit: both sides proportional to P
+        s1 = fits["stride_one_time"]["c1"] + q * fits["stride_per_query"]["c1"]
+        l1 = fits["logra_one_time"]["c1"] + q * fits["logra_per_query"]["c1"]
+        out["ratio_limit_large_models"] = float(l1 / s1) if s1 > 0 else None
+    return out
+
+
+def analyse(report: dict[str, Any]) -> None:
+    """Derived numbers, in place: crossovers, end-to-end ratios, extrapolations (from the measured costs)."""
+    methods, sizes = report["methods"], report["sizes"]
+    for entry in sizes:
+        entry["vs_logra"] = {
+            name: {"crossover": crossover(entry[name], entry["logra"]),
+                   "ratio_at": {str(q): total(entry["logra"], q) / total(entry[name], q) for q in QUERY_COUNTS},
+                   "ratio_at_steps": {str(steps): {str(q): total(entry["logra"], q) / (
+                       entry[name]["one_time_at_steps"][str(steps)] + q * entry[name]["per_query_s"])
+                       for q in QUERY_COUNTS} for steps in (250, 100)},
+                   "per_query_ratio": entry["logra"]["per_query_s"] / entry[name]["per_query_s"],
+                   "one_time_ratio": entry["logra"]["one_time_s"] / entry[name]["one_time_s"]}
+            for name in methods}
+    report["extrapolation"] = {f"{name}/{family}": extrapolate(sizes, name, family, (1.0, 5.0), 1000.0)
+                               for name in methods for family in ("power", "affine")}
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "not below 1e12"
+    return f"{p / 1e6:,.1f}M" if p < 1e9 else f"{p / 1e9:,.1f}B"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["| model | params | method | one-time s | per-query ms | STRIDE cheaper when | "
+             "logra/STRIDE @1k | logra/STRIDE @100k |", "|---|---|---|---|---|---|---|---|"]
+    for s in report["sizes"]:
+        lg = s["logra"]
+        lines.append(f"| {s['model']} | {s['params'] / 1e6:.2f}M | logra | {fmt_s(lg['one_time_s'])} | "
+                     f"{lg['per_query_s'] * 1e3:.2f} | (baseline) | 1 | 1 |")
+        for name in report["methods"]:
+            c = s[name]
+            cmp = s["vs_logra"][name]
+            lines.append(f"| {s['model']} | {s['params'] / 1e6:.2f}M | {name} | {fmt_s(c['one_time_s'])} | "
+                         f"{c['per_query_s'] * 1e3:.2f} | {cmp['crossover']['text']} | "
+                         f"{cmp['ratio_at']['1000']:.2f} | {cmp['ratio_at']['100000']:.2f} |")
+    lines += ["", "Where STRIDE's one-time seconds go (operator training = seconds per step x steps):", "",
+              "| model | method | caching s | design+init s | ms/step (AdamW update alone) | steps measured | "
+              "training s (x steps) | one-time @250 steps | @100 steps | logra/STRIDE @1k, 250 / 100 steps |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in report["sizes"]:
+        for name in report["methods"]:
+            c = s[name]
+            at = s["vs_logra"][name]["ratio_at_steps"]
+            lines.append(
+                f"| {s['model']} | {name} | {fmt_s(c['cache_s'])} | "
+                f"{fmt_s(c['design_s'] + c['bank_init_s'] + c['train_setup_s'])} | "
+                f"{c['per_step_s'] * 1e3:.1f} ({c['optimizer_step_s'] * 1e3:.1f}) | {c['steps_measured']} | "
+                f"{fmt_s(c['train_s'])} (x{c['steps']}) | {fmt_s(c['one_time_at_steps']['250'])} | "
+                f"{fmt_s(c['one_time_at_steps']['100'])} | {at['250']['1000']:.2f} / {at['100']['1000']:.2f} |")
+    lines += ["", "EXTRAPOLATION to larger models at 1,000 queries (fits over the measured ladder; not measured):", ""]
+    for key, ex in report["extrapolation"].items():
+        if "slope" in next(iter(ex["fits"].values())):
+            fits = ", ".join(f"{k} ~ P^{v['slope']:.2f}" for k, v in ex["fits"].items())
+        else:
+            fits = ", ".join(f"{k} = {v['c0']:.3g} + {v['c1']:.3g} P" for k, v in ex["fits"].items())
+        reach = ", ".join(f"{float(t):g}x at ~{fmt_p(p)} params" for t, p in ex["params_where_ratio_reaches"].items())
+        limit = ex.get("ratio_limit_large_models")
+        tail = f"; large-model limit {limit:.2f}x" if limit is not None else ""
+        lines.append(f"- {key}: logra/STRIDE reaches {reach}{tail} ({fits})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="2x64x2,4x128x4,6x256x4,8x384x6",
+                    help="GPT-2 sizes LAYERSxWIDTH[xHEADS], comma separated; the first gets the full recipe")
+    ap.add_argument("--train-steps", type=int, default=10, help="training steps of the models after the first")
+    ap.add_argument("--methods", default="stride_logit,stride")
+    ap.add_argument("--full-steps-first", default="stride_logit",
+                    help="methods that run all their operator steps at the first size (a measured one-time cost, "
+                         "and fully trained operators for the reference Lasso); comma separated, or none")
+    ap.add_argument("--step-budget", type=float, default=10.0,
+                    help="seconds of measured operator steps per form and size")
+    ap.add_argument("--grad-budget", type=float, default=30.0, help="seconds of logra training gradients before scaling")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: this process's CPU seconds (with one thread, the wall time it would take on an idle "
+                         "core; robust to other jobs sharing the cores); wall: elapsed seconds")
+    ap.add_argument("--check-logra", action=argparse.BooleanOptionalAction, default=True,
+                    help="at the first size, also time gradients.logra() itself (a check of the split)")
+    ap.add_argument("--pydoc-report", default="benchmarks/reports/pydoc-gpt.json")
+    ap.add_argument("--out", default="benchmarks/reports/cost.json")
+    ap.add_argument("--from-report", default=None,
+                    help="measure nothing: recompute the derived numbers (crossovers, ratios, extrapolations) of a "
+                         "report this script wrote, print its table and write it to --out")
+    args = ap.parse_args()
+    if args.from_report:
+        report = json.loads(Path(args.from_report).read_text())
+        analyse(report)
+        report["analysis_command"] = "PYTHONPATH=. " + " ".join([Path(sys.executable).name, *sys.argv])
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(markdown(report))
+        return
+    torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    started, started_cpu = now(), time.process_time()
+
+    def log(msg: str) -> None:
+        print(f"[{now() - started:7.1f}s] {msg}", flush=True)
+
+    lam, damping = chosen_settings(Path(args.pydoc_report))
+    suite = lm_stride(quick=False)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    full_first = {m.strip() for m in args.full_steps_first.split(",")} & set(methods)
+    lasso_ref: dict[str, tuple[float, str]] = {}
+    task = pydoc_task(seed=0)
+    base_recipe = task.recipe
+    log(f"pydoc: n={task.n}, test queries {len(task.query_ids['test'])}, torch threads {torch.get_num_threads()}")
+    sizes = []
+    for j, text in enumerate(args.sizes.split(",")):
+        n_layer, n_embd, n_head = parse_size(text)
+        full = j == 0
+        task.recipe = replace(base_recipe, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                              **({} if full else {"epochs": None, "steps": args.train_steps}))
+        train_s, trained = timed(lambda: task.train(None, seed=0))
+        model = trained.model
+        params = int(sum(p.numel() for p in trainable(model).values()))
+        test_loss = float(task.query_losses(model, "test").mean())
+        log(f"GPT-2 {n_layer}x{n_embd} ({params:,} params): trained {trained.info['steps']} steps in {train_s:.1f}s, "
+            f"test loss {test_loss:.3f}")
+        entry: dict[str, Any] = {"model": f"{n_layer}x{n_embd}", "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
+                                 "params": params, "model_train_steps": trained.info["steps"],
+                                 "model_train_s": train_s, "test_loss": test_loss}
+        for name in methods:
+            entry[name] = stride_cost(task, model, name, suite[name], lam[name], full and name in full_first,
+                                      args.step_budget, args.repeats, None if full else lasso_ref[name], log)
+            if full:
+                trained_ops = "all steps" if name in full_first else f"{entry[name]['steps_measured']} steps"
+                lasso_ref[name] = (entry[name]["lasso_per_query_s"],
+                                   f"first size's (operators trained {trained_ops})")
+        entry["logra"] = logra_cost(task, model, damping, args.grad_budget, args.repeats, log)
+        if full and args.check_logra:
+            clear_cache()
+            res = logra(task, trained, "test", damping=damping)
+            clear_cache()
+            entry["logra_check"] = {"one_time_s": res.one_time_seconds, "per_query_s": res.per_query_seconds,
+                                    "note": "gradients.logra() in this run, timed by its own (wall) clock"}
+            log(f"    logra() itself: one-time {res.one_time_seconds:.2f}s, per query {res.per_query_seconds * 1e3:.2f} ms")
+        sizes.append(entry)
+        del model, trained
+    report = {
+        "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " PYTHONPATH=. "
+                   + " ".join([Path(sys.executable).name, *sys.argv]),
+        "argv": sys.argv,
+        "what": "seconds split into one-time and per-query cost, STRIDE vs logra, on pydoc over GPT-2 sizes",
+        "settings": {
+            "stride": {name: suite[name].model_dump() for name in methods},
+            "lambda_ratio": lam, "lasso_n_jobs": 1,
+            "logra": {"damping": damping, "proj_dim": "auto", "chunk_size": "auto", "seed": 0},
+            "n": task.n, "queries_timed": len(task.query_ids["test"]),
+        },
+        "measured_vs_scaled": (
+            "operator training = seconds per step x the suite's steps: at the first size the methods in "
+            "full_steps_first run all steps (train_s_measured), elsewhere the median over 3 runs of a few steps "
+            "(steps_measured in all) after a 2-step warm-up. logra training gradients = seconds per example on "
+            "grad_examples_measured examples x n. STRIDE's per-query Lasso at sizes after the first is the first "
+            "size's (same K x n problem; its own, on briefly trained models and operators, is "
+            "lasso_own_per_query_s). Everything else is measured at full size; per-query costs are medians of "
+            "repeats (one run when a run takes over 20 s)."),
+        "full_steps_first": sorted(full_first),
+        "methods": methods,
+        "sizes": sizes,
+        "clock": args.clock,
+        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(),
+                    "note": "cpu_over_wall: share of the wall time this process got (other jobs on the cores)"},
+        "total_seconds": None,
+    }
+    analyse(report)
+    report["total_seconds"] = now() - started
+    report["machine"]["cpu_over_wall"] = (time.process_time() - started_cpu) / report["total_seconds"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(markdown(report))
+    print(f"\nwritten {out} ({report['total_seconds']:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
