@@ -84,7 +84,8 @@ class ModelConfig(_Strict):
 
 
 class DesignConfig(_Strict):
-    """Subset design: K subsets, every example in exactly d of them."""
+    """Subset design: K subsets per ``corpus.shard_size`` examples (scaled to each shard's size),
+    every example in exactly d of them."""
 
     K: int = Field(256, ge=2)
     d: int = Field(8, ge=1)

@@ -47,6 +47,13 @@ class SubsetDesign:
         return coo.row.astype(np.int64), coo.col.astype(np.int64)
 
 
+def shard_K(K: int, d: int, n: int, shard_size: int) -> int:
+    """Subsets for a shard of n examples: K per ``shard_size`` examples, so the subset size
+    n*d/K is the same in every shard (a small appended shard gets few operators, a cheap block);
+    at least d + 1 and at most n * d."""
+    return int(min(max(d + 1, round(K * n / shard_size)), max(d + 1, n * d)))
+
+
 def validate_design(n: int, K: int, d: int) -> None:
     """Reject designs that cannot carry information, before any work is done."""
     if n < 2:

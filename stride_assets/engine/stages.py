@@ -32,7 +32,7 @@ from stride_assets.engine.artifacts import Store, file_digest, read_json, write_
 from stride_assets.engine.backbone import encode_all, make_site, take
 from stride_assets.engine.config import StrideConfig, TrainConfig, resolve_device
 from stride_assets.engine.curation import curate
-from stride_assets.engine.design import SubsetDesign, draw_design, validate_design
+from stride_assets.engine.design import SubsetDesign, draw_design, shard_K, validate_design
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, top_direction_energy
@@ -113,7 +113,7 @@ def training_corpus(cfg: StrideConfig, store: Store, log: Log, shard: str) -> St
     passages = shards_mod.load_shard(cfg.corpus, shard)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     # fail now, not after hours of work, on settings that cannot work for this shard
-    validate_design(train.height, cfg.design.K, cfg.design.d)
+    validate_design(train.height, shard_K(cfg.design.K, cfg.design.d, train.height, cfg.corpus.shard_size), cfg.design.d)
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
     stage = store.stage("training_corpus", shard)
@@ -218,19 +218,20 @@ def subset_design(cfg: StrideConfig, store: Store, log: Log, shard: str) -> Stag
     n = read_corpus(store, shard).height
     dc = cfg.design
     seed = shards_mod.derive_seed(dc.seed, shard)
-    design = draw_design(n, dc.K, dc.d, seed)
+    K = shard_K(dc.K, dc.d, n, cfg.corpus.shard_size)
+    design = draw_design(n, K, dc.d, seed)
     subsets, examples = design.member_table()
     pairs = pl.DataFrame({"subset": subsets.astype(np.int32), "example_index": examples.astype(np.int32)})
     path = write_parquet(pairs.sort(["subset", "example_index"]), store.path("subset_design", "membership.parquet", shard))
-    store.write_args("subset_design", {**dc.model_dump(), "seed": seed, "n": n, "shard": shard}, shard)
+    store.write_args("subset_design", {**dc.model_dump(), "K": K, "seed": seed, "n": n, "shard": shard}, shard)
     sizes = design.subset_sizes()
-    log(f"design {shard}: K={dc.K}, d={dc.d}, n={n}, subset sizes {sizes.min()}..{sizes.max()}")
+    log(f"design {shard}: K={K}, d={dc.d}, n={n}, subset sizes {sizes.min()}..{sizes.max()}")
     return StageResult(
         stage="subset_design",
         path=path.parent,
-        metadata={"K": dc.K, "d": dc.d, "n": n, "shard": shard, "subset_size_min": int(sizes.min()),
+        metadata={"K": K, "d": dc.d, "n": n, "shard": shard, "subset_size_min": int(sizes.min()),
                   "subset_size_mean": float(sizes.mean()), "subset_size_max": int(sizes.max())},
-        params={"design.K": dc.K, "design.d": dc.d, "design.seed": seed, "n": n},
+        params={"design.K": K, "design.d": dc.d, "design.seed": seed, "n": n},
         metrics={"subset_size_mean": float(sizes.mean())},
         fingerprint=file_digest(path),
     )
