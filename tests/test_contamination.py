@@ -189,3 +189,39 @@ def test_bad_inputs_fail_early() -> None:
     with pytest.raises(StrideInputError, match="min_overlap"):
         audit(scores, queries_f, corpus, min_overlap=0.0)
 
+
+def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from stride_assets import cli
+    from stride_assets.engine.evaluation import contamination_bench
+
+    out = tmp_path / "contam"
+    assert cli.main(["bench", "contamination", "--quick", "--no-mlflow", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| stride_logit |" in printed and "recall@10" in printed
+    report = json.loads((out / "report.json").read_text())
+    methods = {"stride_logit", "repsim", "grad_dot", "tfidf"}
+    assert set(report) == methods | {"protocol", "base_model"}
+    planted = pl.read_parquet(out / "planted.parquet")
+    assert planted.columns == ["query_id", "example_id", "kind"] and planted.height == 16  # 8 of 40 queries x 2
+    for name in methods:
+        stats = report[name]
+        assert {"recall_at_k", "k", "planted", "rates", "seconds"} <= set(stats)
+        assert stats["k"] == [1, 5, 10] and set(stats["recall_at_k"]) == {"1", "5", "10"}
+        assert stats["planted"] == planted.height and stats["rates"] == {"exact": 0.1, "edited": 0.1}
+        by_kind = [v for r in stats["recall_at_k_by_kind"].values() for v in r.values()]
+        values = [*stats["recall_at_k"].values(), *by_kind]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert stats["recall_at_k"]["1"] <= stats["recall_at_k"]["5"] <= stats["recall_at_k"]["10"]
+    assert report["stride_logit"]["recall_at_k"]["10"] >= 0.5  # chance is 10 / 316
+    leaks = pl.read_parquet(out / "audit.parquet")
+    flagged_copies = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
+    assert flagged_copies == report["stride_logit"]["audit"]["planted_flagged"]
+    assert (out / "audit.md").read_text().startswith("# Contamination audit")
+    assert report["protocol"]["n"] == 300 + planted.height and report["protocol"]["quick"] is True
+
+    # the MLflow run the CLI logs without --no-mlflow
+    run_id = contamination_bench.log_to_mlflow(report, out, mlflow_uri)
+    run = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
+    assert run.data.metrics["stride_logit.recall_at_10"] == report["stride_logit"]["recall_at_k"]["10"]
