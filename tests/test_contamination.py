@@ -204,7 +204,8 @@ def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) 
     methods = {"stride_logit", "repsim", "grad_dot", "tfidf"}
     assert set(report) == methods | {"protocol", "base_model"}
     planted = pl.read_parquet(out / "planted.parquet")
-    assert planted.columns == ["query_id", "example_id", "kind"] and planted.height == 16  # 8 of 40 queries x 2
+    assert planted.columns == ["query_id", "example_id", "kind"]
+    assert planted.height == 8  # 4 + 4 of 40 queries, one copy each
     for name in methods:
         stats = report[name]
         assert {"recall_at_k", "k", "planted", "rates", "seconds"} <= set(stats)
@@ -214,7 +215,7 @@ def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) 
         values = [*stats["recall_at_k"].values(), *by_kind]
         assert all(0.0 <= v <= 1.0 for v in values)
         assert stats["recall_at_k"]["1"] <= stats["recall_at_k"]["5"] <= stats["recall_at_k"]["10"]
-    assert report["stride_logit"]["recall_at_k"]["10"] >= 0.5  # chance is 10 / 316
+    assert report["stride_logit"]["recall_at_k"]["10"] >= 0.5  # chance is 10 / 308
     leaks = pl.read_parquet(out / "audit.parquet")
     flagged_copies = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
     assert flagged_copies == report["stride_logit"]["audit"]["planted_flagged"]

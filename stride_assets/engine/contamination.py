@@ -70,7 +70,7 @@ def light_edit(text: str, rng: np.random.Generator, rate: float = 0.1) -> str:
 
 def plant_copies(
     train_texts: Sequence[str], train_ids: Sequence[str], query_texts: Sequence[str], query_ids: Sequence[str],
-    rates: dict[str, float], copies: int = 2, seed: int = 0, edit_rate: float = 0.1,
+    rates: dict[str, float], copies: int = 1, seed: int = 0, edit_rate: float = 0.1,
 ) -> tuple[list[str], list[str], pl.DataFrame]:
     """A training set with ``copies`` copies of some queries inserted at random positions.
 
