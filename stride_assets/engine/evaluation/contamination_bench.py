@@ -140,8 +140,8 @@ def table(report: dict[str, Any]) -> str:
         cells += [f"{s['audit']['flagged']} ({s['audit']['planted_flagged']})", f"{s['seconds']:.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     p, losses = report["protocol"], report["base_model"]["test_loss_by_kind"]
-    lines += ["", f"{p['contaminated']} of {p['queries']} test queries contaminated ({p['rates']}), {p['copies']} "
-              f"copies each, n={p['n']}; base-model test loss by kind: "
+    lines += ["", f"{p['contaminated']} of {p['queries']} test queries contaminated ({p['rates']}), planted "
+              f"copies per query {p['copies']}, n={p['n']}; base-model test loss by kind: "
               + ", ".join(f"{k} {v:.3f}" for k, v in sorted(losses.items()))]
     return "\n".join(lines)
 
