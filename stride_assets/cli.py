@@ -221,6 +221,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # per-example gradients of GPT-2 under vmap take a slow (correct) path for CPU attention
     warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+    if args.name == "contamination":
+        return _bench_contamination(args)
 
     suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed,
                          stride_seeds=args.stride_seeds)
@@ -245,6 +247,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_id = report.log_to_mlflow(result, out, tracking_uri())
         print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
     print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _bench_contamination(args: argparse.Namespace) -> int:
+    """``stride bench contamination``: recall of planted query copies per method (see contamination_bench)."""
+    from stride_assets.engine.evaluation import contamination_bench
+
+    out = Path(args.out).expanduser().resolve()
+    print(f"stride bench contamination ({'quick' if args.quick else 'full'}) -> {out}", flush=True)
+    scenario = contamination_bench.Scenario(seed=args.seed)
+    result = contamination_bench.run(out, args.quick, scenario, log=lambda m: print(m, flush=True))
+    print("\n" + contamination_bench.table(result))
+    if not args.no_mlflow:
+        run_id = contamination_bench.log_to_mlflow(result, out, tracking_uri())
+        print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
+    print(f"report: {out / 'report.json'}; suspected leaks: {out / 'audit.md'}")
     return 0
 
 
@@ -303,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     attr.set_defaults(func=cmd_attribute)
 
     b = sub.add_parser("bench", help="measure attribution quality (LDS against real retraining) on a benchmark")
-    b.add_argument("name", metavar="NAME", help="digits-mlp, pydoc-gpt, or a data file (with --label or --text)")
+    b.add_argument("name", metavar="NAME", help="digits-mlp, pydoc-gpt, contamination (recall of planted query copies; "
+                   "takes --out, --quick, --seed, --no-mlflow), or a data file (with --label or --text)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json, scores/, ...)")
     b.add_argument("--quick", action="store_true", help="reduced protocol for smoke tests")
     b.add_argument("--label", metavar="COL", help="label column of a tabular file (numeric features)")

@@ -1,0 +1,169 @@
+"""The contamination scenario: do attribution methods find planted copies of the test queries?
+
+Protocol (``run``)
+1. The pydoc LM task (``lm_task.pydoc_task``: its split, recipe and sizes, full or quick).
+2. ``contamination.plant_copies``: ``copies`` copies of a fraction of the test queries, exact
+   (``rates["exact"]``) or lightly edited (``rates["edited"]``), inserted at random positions of
+   the training set; a new ``LMTask`` (tokenizer included) is built on the contaminated data.
+3. The base model is trained on it with the task's recipe (no retraining: the answer is known).
+4. Scores of the test queries: STRIDE in logit form (``suites.lm_stride``; lambda_ratio is the
+   recovery default 0.2, the value the pydoc-gpt validation draw chose, since no retrains are
+   made here to choose it) and the registry's ``repsim``, ``grad_dot`` and ``tfidf`` with their
+   default settings. TF-IDF matches words, so on copies it is a textual upper reference rather
+   than a model-based attribution.
+5. ``recall_at_k`` of the planted copies per method, and ``contamination.audit`` of each method's
+   scores (how many flags, how many of them planted copies).
+
+Outputs (in ``out``): report.json ({method: {recall_at_k, recall_at_k_by_kind, k, planted,
+rates, seconds, audit}, "base_model": ..., "protocol": ...}), planted.parquet, scores/<method>.parquet
+(nonzero scores), audit.parquet and audit.md (the audit of STRIDE's scores).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+
+from stride_assets.engine import contamination
+from stride_assets.engine.artifacts import atomic_path, read_json, write_json, write_parquet
+from stride_assets.engine.evaluation import stride_method
+from stride_assets.engine.evaluation.bench import _scores_frame
+from stride_assets.engine.evaluation.lm_task import SPLITS, LMTask, pydoc_task
+from stride_assets.engine.evaluation.meter import metered
+from stride_assets.engine.evaluation.suites import lm_stride
+from stride_assets.engine.evaluation.task import Trained
+
+Log = Callable[[str], None]
+STRIDE = "stride_logit"
+
+
+@dataclass
+class Scenario:
+    rates: dict[str, float] = field(default_factory=lambda: {"exact": 0.1, "edited": 0.1})
+    copies: int = 1  # copies per contaminated query (one: recall@1 can reach 1; the harder case)
+    edit_rate: float = 0.1  # share of words edited in an "edited" copy
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    baselines: list[str] = field(default_factory=lambda: ["repsim", "grad_dot", "tfidf"])
+    audit_k: int = 10
+    min_overlap: float = 0.3
+    ngram: int = 5
+    seed: int = 0  # data split; planting uses seed + 1, rank tie-breaks seed
+    model_seed: int = 0
+
+
+def contaminated_task(scenario: Scenario, quick: bool) -> tuple[LMTask, pl.DataFrame]:
+    """The pydoc task with copies of some test queries planted in its training set, and the plants."""
+    clean = pydoc_task(seed=scenario.seed, quick=quick)
+    texts, ids, planted = contamination.plant_copies(
+        clean.texts(None), clean.example_ids, clean.texts("test"), clean.query_ids["test"], scenario.rates,
+        scenario.copies, seed=scenario.seed + 1, edit_rate=scenario.edit_rate)
+    task = LMTask(texts, {s: clean.texts(s) for s in SPLITS}, clean.recipe, name="pydoc-contaminated",
+                  example_ids=ids, query_ids=clean.query_ids)
+    return task, planted
+
+
+def score(task: LMTask, trained: Trained, method: str, quick: bool) -> np.ndarray:
+    """Test-query scores (Q, n) of STRIDE (``STRIDE``) or of a registry baseline, default settings."""
+    if method == STRIDE:
+        fitted = stride_method.fit(task, trained, lm_stride(quick)[STRIDE])
+        return stride_method.decode(stride_method.measure(task, fitted, "test")[0], fitted)[0]
+    from stride_assets.engine.evaluation.methods import METHODS
+
+    return METHODS[method](task, trained, "test").scores
+
+
+def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: Log = print) -> dict[str, Any]:
+    """Run the scenario and write its files under ``out``; returns the report as read back from report.json."""
+    sc = scenario or Scenario()
+    out = Path(out)
+    started = time.perf_counter()
+    task, planted = contaminated_task(sc, quick)
+    log(f"[contamination] {planted.height} copies of {planted['query_id'].n_unique()} test queries planted; "
+        f"n={task.n}")
+    with metered() as base_meter:
+        trained = task.train(None, seed=sc.model_seed)
+    queries = pl.DataFrame({"query_id": task.query_ids["test"], "text": task.texts("test")})
+    corpus = pl.DataFrame({"example_id": task.example_ids, "text": task.texts(None)})
+    report: dict[str, Any] = {}
+    for method in [STRIDE, *sc.baselines]:
+        log(f"[contamination] method {method}")
+        with metered() as meter:
+            scores = score(task, trained, method, quick)
+        recall = contamination.recall_at_k(scores, task.query_ids["test"], task.example_ids, planted, sc.ks, sc.seed)
+        frame = _scores_frame(scores, task)
+        leaks = contamination.audit(frame, queries, corpus, sc.audit_k, sc.min_overlap, sc.ngram, seed=sc.seed)
+        found = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
+        report[method] = {"recall_at_k": recall["recall_at_k"], "recall_at_k_by_kind": recall["by_kind"],
+                          "k": sc.ks, "planted": planted.height, "rates": sc.rates, "seconds": meter.seconds,
+                          "audit": {"flagged": leaks.height, "planted_flagged": found,
+                                    "other_flagged": leaks.height - found}}
+        write_parquet(frame, out / "scores" / f"{method}.parquet")
+        if method == STRIDE:
+            write_parquet(leaks, out / "audit.parquet")
+            with atomic_path(out / "audit.md") as tmp:
+                tmp.write_text(contamination.audit_markdown(leaks) + "\n")
+        log(f"[contamination]   {method}: recall@k {recall['recall_at_k']} ({meter.seconds:.1f}s)")
+    write_parquet(planted, out / "planted.parquet")
+    losses = pl.DataFrame({"query_id": task.query_ids["test"], "loss": task.query_losses(trained.model, "test")})
+    by_kind = losses.join(planted.unique("query_id").select("query_id", "kind"), on="query_id", how="left")
+    report["base_model"] = {"train_seconds": base_meter.seconds, **trained.info, "test_loss_by_kind": {
+        kind or "clean": float(v) for kind, v in by_kind.group_by("kind").agg(pl.col("loss").mean()).iter_rows()}}
+    report["protocol"] = {**asdict(sc), "task": "pydoc", "quick": quick, "n": task.n,
+                          "n_clean": task.n - planted.height, "queries": len(task.query_ids["test"]),
+                          "contaminated": planted["query_id"].n_unique(), "stride": lm_stride(quick)[STRIDE].model_dump(),
+                          "total_seconds": time.perf_counter() - started}
+    write_json(report, out / "report.json")
+    return read_json(out / "report.json")  # as written: JSON keys (k as strings, "1", "5", ...)
+
+
+def methods(report: dict[str, Any]) -> list[str]:
+    return [k for k in report if k not in ("base_model", "protocol")]
+
+
+def table(report: dict[str, Any]) -> str:
+    """Markdown of a report as written: recall@k per method (overall, then per kind at the largest k),
+    audit flags (of which planted copies), seconds."""
+    ks = report["protocol"]["ks"]
+    kinds = [k for k in contamination.KINDS if report["protocol"]["rates"].get(k)]
+    top = max(ks)
+    head = [f"recall@{k}" for k in ks] + [f"{kind}@{top}" for kind in kinds] + ["audit flags (planted)", "seconds"]
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for name in methods(report):
+        s = report[name]
+        cells = [f"{s['recall_at_k'][str(k)]:.3f}" for k in ks]
+        cells += [f"{s['recall_at_k_by_kind'][kind][str(top)]:.3f}" for kind in kinds]
+        cells += [f"{s['audit']['flagged']} ({s['audit']['planted_flagged']})", f"{s['seconds']:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    p, losses = report["protocol"], report["base_model"]["test_loss_by_kind"]
+    lines += ["", f"{p['contaminated']} of {p['queries']} test queries contaminated ({p['rates']}), planted "
+              f"copies per query {p['copies']}, n={p['n']}; base-model test loss by kind: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(losses.items()))]
+    return "\n".join(lines)
+
+
+def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
+    """One MLflow run: recall@k per method (and per kind) as metrics; report and audit as artifacts.
+
+    ``report.log_to_mlflow`` expects LDS reports, so the metrics are named here the same way
+    (``<method>.<metric>``) and the rest goes through the same ``tracking.log_run``.
+    """
+    from stride_assets import tracking
+
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
+    metrics: dict[str, float] = {}
+    for name in methods(report):
+        s = report[name]
+        metrics |= {f"{name}.recall_at_{k}": v for k, v in s["recall_at_k"].items()}
+        metrics |= {f"{name}.{kind}.recall_at_{k}": v
+                    for kind, r in s["recall_at_k_by_kind"].items() for k, v in r.items()}
+        metrics |= {f"{name}.seconds": s["seconds"], f"{name}.audit_flagged": s["audit"]["flagged"]}
+    params = {k: v for k, v in report["protocol"].items() if k != "stride"}
+    return tracking.log_run(client, exp_id, "bench contamination", {"stride_bench": "contamination"}, params=params,
+                            metrics=metrics, texts={"table.md": table(report)},
+                            artifacts={"": [Path(out) / "report.json", Path(out) / "audit.md"]})
