@@ -223,6 +223,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
     if args.name == "contamination":
         return _bench_contamination(args)
+    if args.name == "incremental":
+        return _bench_incremental(args)
 
     suite = suites.build(args.name, quick=args.quick, label=args.label, text=args.text, seed=args.seed,
                          stride_seeds=args.stride_seeds)
@@ -263,6 +265,20 @@ def _bench_contamination(args: argparse.Namespace) -> int:
         run_id = contamination_bench.log_to_mlflow(result, out, tracking_uri())
         print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
     print(f"report: {out / 'report.json'}; suspected leaks: {out / 'audit.md'}")
+    return 0
+
+
+def _bench_incremental(args: argparse.Namespace) -> int:
+    """``stride bench incremental``: appending 10% of the data vs a full re-attribution (see incremental_bench)."""
+    from stride_assets.engine.evaluation import incremental_bench
+
+    out = Path(args.out).expanduser().resolve()
+    print(f"stride bench incremental ({'quick' if args.quick else 'full'}) -> {out}", flush=True)
+    result = incremental_bench.run(out, quick=args.quick, log=lambda m: print(m, flush=True))
+    if not args.no_mlflow:
+        run_id = incremental_bench.log_to_mlflow(result, out, tracking_uri())
+        print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
+    print(f"incremental_ratio {result['incremental_ratio']:.3f}; report: {out / 'report.json'}")
     return 0
 
 
@@ -322,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure attribution quality (LDS against real retraining) on a benchmark")
     b.add_argument("name", metavar="NAME", help="digits-mlp, pydoc-gpt, contamination (recall of planted query copies; "
-                   "takes --out, --quick, --seed, --no-mlflow), or a data file (with --label or --text)")
+                   "takes --out, --quick, --seed, --no-mlflow), incremental (cost of appending 10%% of the data "
+                   "vs a full re-attribution; --out, --quick, --no-mlflow), or a data file (with --label or --text)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json, scores/, ...)")
     b.add_argument("--quick", action="store_true", help="reduced protocol for smoke tests")
     b.add_argument("--label", metavar="COL", help="label column of a tabular file (numeric features)")

@@ -154,3 +154,17 @@ def test_incremental_run_plans_only_the_new_blocks(tmp_path: Path, mlflow_uri: s
         results = run_pipeline(defs, instance, cfg, only_changed=True, log=lambda _: None)
         assert len(results) == 4 and all(r.success for r in results)
         assert plan(instance, cfg, only_changed=True) == []
+
+
+def test_bench_incremental_cli(tmp_path: Path) -> None:
+    from stride_assets import cli
+
+    assert cli.main(["bench", "incremental", "--quick", "--no-mlflow", "--out", str(tmp_path / "inc")]) == 0
+    report = json.loads((tmp_path / "inc" / "report.json").read_text())
+    assert 0 < report["incremental_ratio"] < 1
+    assert report["incremental_seconds"] < report["full_seconds"]
+    assert set(report["stages"]["incremental"]) == {"training_corpus", "subset_design", "steering_operators",
+                                                    "perturbation_matrix", "influence_scores", "curated_dataset"}
+    # the appended-to store ends where a full rebuild ends: same banks for the old shards, same scores
+    assert report["max_abs_score_difference"] == 0.0 and report["nonzero_scores"]["incremental"] > 0
+    assert 0.05 < report["append_fraction"] < 0.15

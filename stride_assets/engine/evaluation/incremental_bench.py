@@ -1,0 +1,126 @@
+"""`stride bench incremental`: what appending data costs, against a full re-attribution, in one run.
+
+The corpus (the embedded pydoc text, or micro's slice with ``quick``) is written as shard files;
+the frozen base model and the query batch are built once and shared. Then, timed in the same
+process:
+
+- incremental: a new shard of ``append_fraction`` of the data is appended to the attributed
+  store: its corpus block, design and operator bank, its perturbation block, the recovery of the
+  query batch over every shard (the fan-in) and the curated outputs;
+- full: every shard's blocks and the same recovery and curation, from scratch in a fresh store.
+
+Both end with the same influence scores (each shard's seeds derive from its name, so the old
+banks are the ones a full rebuild trains again); the report says how close they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from stride_assets.engine import pipeline
+from stride_assets.engine.artifacts import Store, write_json
+from stride_assets.engine.config import load_config
+from stride_assets.engine.corpus import load_passages
+from stride_assets.engine.shards import DEFAULT_BATCH
+
+SHARED = ("base_model", "query_set")  # frozen model and queries: built once, outside both timings
+
+
+def _timed_blocks(cfg, store: Store, shards: list[str], log: Callable[[str], None]) -> dict[str, float]:
+    """Run every block of the given shards, then the batch's recovery and the curation; seconds per stage."""
+    seconds: dict[str, float] = {}
+    quiet = lambda _: None  # noqa: E731
+    for stage in ("training_corpus", "subset_design", "steering_operators"):
+        start = time.perf_counter()
+        for shard in shards:
+            pipeline.run_stage(stage, cfg, store, quiet, shard=shard)
+        seconds[stage] = time.perf_counter() - start
+    start = time.perf_counter()
+    for shard in shards:
+        pipeline.run_stage("perturbation_matrix", cfg, store, quiet, shard=shard, batch=DEFAULT_BATCH)
+    seconds["perturbation_matrix"] = time.perf_counter() - start
+    for stage, keys in (("influence_scores", {"batch": DEFAULT_BATCH}), ("curated_dataset", {})):
+        start = time.perf_counter()
+        pipeline.run_stage(stage, cfg, store, quiet, **keys)
+        seconds[stage] = time.perf_counter() - start
+    log(f"  {len(shards)} shard(s): " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return seconds
+
+
+def _scores(store: Store) -> pl.DataFrame:
+    return pl.read_parquet(store.path("influence_scores", "scores.parquet", DEFAULT_BATCH)).select(
+        "query_id", "example_id", "score")
+
+
+def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: float = 0.1,
+        log: Callable[[str], None] = print) -> dict:
+    out = Path(out)
+    profile = "micro" if quick else "default"
+    passages = load_passages(load_config(profile).corpus)
+    per_shard = int(passages.height * (1 - append_fraction) // base_shards)
+    n_new = max(8, round(append_fraction * per_shard * base_shards))
+    data = out / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    names = [f"shard-{i:02d}" for i in range(base_shards)]
+    for i, name in enumerate(names):
+        passages[i * per_shard:(i + 1) * per_shard].select("text").write_parquet(data / f"{name}.parquet")
+    cfg = load_config(profile, {"corpus": {"source": "files", "paths": [str(data)], "max_examples": None,
+                                           "shard_size": int(per_shard)}})
+    inc_store, full_store = Store(out / "store-incremental"), Store(out / "store-full")
+    for folder in (inc_store.root, full_store.root):
+        shutil.rmtree(folder, ignore_errors=True)
+    log(f"[incremental] {profile} profile: {base_shards} shards of {per_shard} passages, appending {n_new}")
+    start = time.perf_counter()
+    for stage in SHARED:
+        pipeline.run_stage(stage, cfg, inc_store, lambda _: None, **({"batch": DEFAULT_BATCH} if stage == "query_set" else {}))
+    shared_seconds = time.perf_counter() - start
+    log("[incremental] initial attribution")
+    initial = _timed_blocks(cfg, inc_store, names, log)
+
+    start_new = base_shards * per_shard
+    passages[start_new:start_new + n_new].select("text").write_parquet(data / "shard-new.parquet")
+    log("[incremental] append one shard: its blocks + the fan-in")
+    incremental = _timed_blocks(cfg, inc_store, ["shard-new"], log)
+    log("[incremental] full re-attribution of the grown corpus")
+    for stage in SHARED:
+        shutil.copytree(inc_store.stage(stage), full_store.stage(stage))
+    full = _timed_blocks(cfg, full_store, [*names, "shard-new"], log)
+
+    a, b = _scores(inc_store), _scores(full_store)
+    joined = a.join(b, on=["query_id", "example_id"], how="full", coalesce=True).fill_null(0.0)
+    diff = float(np.abs(joined["score"] - joined["score_right"]).max()) if joined.height else 0.0
+    report = {
+        "incremental_ratio": sum(incremental.values()) / sum(full.values()),
+        "incremental_seconds": sum(incremental.values()), "full_seconds": sum(full.values()),
+        "stages": {"incremental": incremental, "full": full, "initial": initial},
+        "shared_seconds": shared_seconds,
+        "n_base": int(per_shard * base_shards), "n_appended": int(n_new), "base_shards": base_shards,
+        "append_fraction": n_new / (per_shard * base_shards), "profile": profile,
+        "max_abs_score_difference": diff, "nonzero_scores": {"incremental": a.height, "full": b.height},
+        "target": "incremental_ratio <= 0.2",
+    }
+    write_json(report, out / "report.json")
+    log(f"[incremental] incremental {report['incremental_seconds']:.1f}s vs full {report['full_seconds']:.1f}s: "
+        f"ratio {report['incremental_ratio']:.3f} (target <= 0.2); max |score difference| {diff:.2e}")
+    return report
+
+
+def log_to_mlflow(report: dict, out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
+    """One MLflow run: the ratio, both timings and each stage's seconds as metrics; the report as an artifact."""
+    from stride_assets import tracking
+
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
+    metrics = {k: float(report[k]) for k in ("incremental_ratio", "incremental_seconds", "full_seconds",
+                                              "max_abs_score_difference")}
+    metrics |= {f"{phase}.{stage}": s for phase, stages in report["stages"].items() for stage, s in stages.items()}
+    params = {k: report[k] for k in ("n_base", "n_appended", "base_shards", "profile")}
+    return tracking.log_run(client, exp_id, "bench incremental", {"stride_bench": "incremental"}, params=params,
+                            metrics=metrics, texts={}, artifacts={"": [Path(out) / "report.json"]})
