@@ -132,7 +132,8 @@ def _bad(kind: str):
     ("queries column", "queries lacks"), ("empty scores", "scores is empty"),
     ("empty candidates", "candidates is empty"), ("empty queries", "queries is empty"),
     ("duplicate candidate", "candidates repeats 1 example_id"), ("duplicate score", "scores repeats 1"),
-    ("null task", "queries.task has 1 null"), ("nan score", "non-finite"), ("no overlap", "same query_id and example_id"),
+    ("null task", "queries.task has 1 null"), ("nan score", "non-finite"),
+    ("no overlap", "same query_id and example_id"),
     ("id types", "the ids must have one type"), ("output clash", r"\['score'\] that the selection writes"),
     ("not a frame", "polars DataFrame"),
 ])

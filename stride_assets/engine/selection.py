@@ -78,7 +78,8 @@ def _check_inputs(scores: pl.DataFrame, candidates: pl.DataFrame, queries: pl.Da
     if bad:
         raise StrideInputError(f"scores.score has {bad} null or non-finite value(s)")
     if "task" in queries.columns and queries["task"].null_count():
-        raise StrideInputError(f"queries.task has {queries['task'].null_count()} null value(s); every query needs a task")
+        raise StrideInputError(f"queries.task has {queries['task'].null_count()} null value(s); "
+                               "every query needs a task")
     clashes = sorted(set(candidates.columns) & set(OUTPUT_COLUMNS) - {"example_id", "text"})
     if clashes:
         raise StrideInputError(f"candidates has column(s) {clashes} that the selection writes; drop or rename them")
