@@ -85,8 +85,9 @@ def test_influence_check_names_a_missing_artifact(instance: dg.DagsterInstance, 
 
 @pytest.mark.parametrize(("kept", "passed"), [(["e1", "e2"], True), ([], False)])
 def test_curated_dataset_not_empty(instance: dg.DagsterInstance, tmp_path: Path, kept: list[str], passed: bool) -> None:
-    folder = tmp_path / "curated_dataset" / "data"
-    folder.mkdir(parents=True)
-    pl.DataFrame({"example_id": kept}, schema={"example_id": pl.String}).write_parquet(folder / "kept.parquet")
+    from stride_assets.engine.datasets_out import write_dataset
+
+    keep = pl.DataFrame({"example_id": kept}, schema={"example_id": pl.String})
+    write_dataset(tmp_path / "curated_dataset", "v1", {"keep": keep, "drop": keep.clear()}, "t", "d")
     result = _run(checks.curated_dataset_not_empty, instance, tmp_path)
     assert result.passed is passed and result.metadata["kept"].value == len(kept)

@@ -15,7 +15,7 @@ EXPECTED_GROUPS = {
     "data": {"corpus_source", "training_corpus", "query_set"},
     "model": {"base_model"},
     "attribution": {"subset_design", "steering_operators", "perturbation_matrix", "influence_scores"},
-    "curation": {"curated_dataset"},
+    "curation": {"curated_dataset", "selected_dataset", "contamination_report"},
 }
 
 
@@ -30,7 +30,8 @@ EVALUATION = {"eval_subsets": {"training_corpus"}, "retrained_losses": {"eval_su
               "lds_report": {"retrained_losses", "influence_scores"}}
 PARTITIONS = {"training_corpus": {"shards"}, "subset_design": {"shards"}, "steering_operators": {"shards"},
               "query_set": {"query_batches"}, "perturbation_matrix": {"query_batches", "shards"},
-              "influence_scores": {"query_batches"}, "base_model": set(), "curated_dataset": set()}
+              "influence_scores": {"query_batches"}, "base_model": set(), "curated_dataset": set(),
+              "selected_dataset": set(), "contamination_report": set()}
 
 
 def _dynamic_names(partitions_def) -> set[str]:
@@ -41,14 +42,14 @@ def _dynamic_names(partitions_def) -> set[str]:
     return {partitions_def.name}
 
 
-def test_asset_graph_is_the_eight_stages_plus_evaluation(defs: dg.Definitions) -> None:
+def test_asset_graph_is_the_stages_plus_evaluation(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == set(STAGES) | set(EVALUATION) | {"corpus_source"}
     for key, parents in EVALUATION.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys} == parents, key
     assert graph.get(dg.AssetKey("retrained_losses")).partitions_def is not None
-    assert len(STAGES) == 8
+    assert len(STAGES) == 10
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
         extra = {"corpus_source"} if stage == "training_corpus" else set()

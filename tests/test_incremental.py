@@ -22,7 +22,8 @@ from stride_assets.resources import StrideResource
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 JOB_OF = {"perturbation_matrix": "stride_measure_job", "influence_scores": "stride_recovery_job",
-          "curated_dataset": "stride_curation_job"}
+          "curated_dataset": "stride_curation_job", "selected_dataset": "stride_curation_job",
+          "contamination_report": "stride_curation_job"}
 ORDER = list(JOB_OF)
 
 
@@ -73,15 +74,17 @@ def _drive_automation(daemon: Daemon) -> set[tuple[str, str | None]]:
         daemon.cursor = result.cursor
         if result.total_requested == 0:
             return done
+        runs: dict[tuple[str, object], list[dg.AssetKey]] = {}  # one run per job and partition, as the daemon groups
         for asset in ORDER:
             key = dg.AssetKey(asset)
-            if not result.get_num_requested(key):
-                continue
-            partitions = result.get_requested_partitions(key) or {None}
-            for partition in sorted(partitions, key=str):
-                run = defs.resolve_job_def(JOB_OF[asset]).execute_in_process(instance=instance, partition_key=partition)
-                assert run.success
-                done.add((asset, None if partition is None else str(partition)))
+            if result.get_num_requested(key):
+                for partition in result.get_requested_partitions(key) or {None}:
+                    runs.setdefault((JOB_OF[asset], partition), []).append(key)
+                    done.add((asset, None if partition is None else str(partition)))
+        for (job, partition), keys in runs.items():
+            run = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                               asset_selection=keys)
+            assert run.success
     raise AssertionError("automation kept requesting runs")
 
 
@@ -121,7 +124,8 @@ def test_sensor_and_automation_attribute_only_the_new_shard(tmp_path: Path, mlfl
         shard_run = defs.resolve_job_def("stride_shard_job").execute_in_process(instance=instance, partition_key="c")
         assert shard_run.success
         assert daemon.run_until_quiet() == {
-            ("perturbation_matrix", "default|c"), ("influence_scores", "default"), ("curated_dataset", None)}
+            ("perturbation_matrix", "default|c"), ("influence_scores", "default"), ("curated_dataset", None),
+            ("selected_dataset", None), ("contamination_report", None)}
 
         for shard in ("a", "b"):  # untouched: not re-materialized, same bytes, same file
             for stage in ("training_corpus", "subset_design", "steering_operators"):

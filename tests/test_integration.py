@@ -1,9 +1,11 @@
 """The whole asset graph on the micro profile: every stage materializes, checks run, MLflow has a run per stage."""
 
+import json
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -29,7 +31,7 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
         materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
         blocks = {f"default|part-000{i}" for i in (0, 1)}
         assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
-                                ("curated_dataset", None)} | {
+                                ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None)} | {
             (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
         } | {("perturbation_matrix", b) for b in blocks}
         for event in events:
@@ -53,12 +55,23 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
         assert (store / "steering_operators" / shard / "args.json").is_file()
         assert (store / "perturbation_matrix" / "default" / shard / "responses.parquet").is_file()
     assert (store / "influence_scores" / "default" / "scores.parquet").is_file()
-    assert (store / "curated_dataset" / "data" / "kept.parquet").is_file()
+    import datasets
+
+    for stage, splits in (("curated_dataset", {"keep", "drop"}), ("selected_dataset", {"selected", "not_selected"})):
+        current = json.loads((store / stage / "current.json").read_text())
+        loaded = datasets.load_dataset(current["path"])  # the version folder's card names the splits
+        assert set(loaded) == splits, stage
+        assert {"example_id", "text", "reason"} <= set(loaded[next(iter(splits))].column_names), stage
+    selected = pl.read_parquet(Path(current["path"]) / "selected.parquet")
+    assert selected.height == round(0.5 * sum(pl.read_parquet(p).height for p in
+                                              (store / "training_corpus").glob("*/train.parquet")))
+    assert (store / "contamination_report" / "leaks.parquet").is_file()
+    assert (store / "contamination_report" / "summary.md").read_text().strip()
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride-test")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == len(events) == 12
+    assert len(runs) == len(events) == 14
     assert sorted({r.data.tags["dagster_asset_key"] for r in runs}) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" and r.data.tags["stride_profile"] == "micro" for r in runs)
     operators = [r for r in runs if r.info.run_name == "steering_operators"]
@@ -91,7 +104,7 @@ def test_cli_run_then_attribute(
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride")
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the DB, not in the repo
-    assert len(client.search_runs([exp.experiment_id])) == 12
+    assert len(client.search_runs([exp.experiment_id])) == 14
 
     # nothing changed: an incremental run only re-derives nothing but checks that everything is there
     assert cli.main(["run", "--incremental", "--profile", "micro", "--store", str(store)]) == 0

@@ -30,6 +30,8 @@ GROUPS: dict[str, str] = {
     "perturbation_matrix": "attribution",
     "influence_scores": "attribution",
     "curated_dataset": "curation",
+    "selected_dataset": "curation",
+    "contamination_report": "curation",
 }
 
 # Every stage also logs an MLflow run, so each gets the "mlflow" kind too (Dagster allows 3).
@@ -42,6 +44,8 @@ KINDS: dict[str, set[str]] = {
     "perturbation_matrix": {"pytorch", "parquet"},
     "influence_scores": {"scikitlearn", "parquet"},
     "curated_dataset": {"polars", "parquet"},
+    "selected_dataset": {"polars", "parquet"},
+    "contamination_report": {"polars", "parquet"},
 }
 
 # Inline plots above this size are linked by path instead of embedded in the event log.
@@ -55,7 +59,7 @@ PARTITIONS: dict[tuple[str, ...], dg.PartitionsDefinition | None] = {
     (): None, ("shard",): shard_partitions, ("batch",): batch_partitions, ("shard", "batch"): block_partitions}
 
 # Freshness: the sensor brings new shards and batches in; these stages follow by themselves.
-EAGER = {"perturbation_matrix", "influence_scores", "curated_dataset"}
+EAGER = {"perturbation_matrix", "influence_scores", "curated_dataset", "selected_dataset", "contamination_report"}
 
 
 def engine_code_version() -> str:

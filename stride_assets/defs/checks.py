@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 from dagster._core.errors import DagsterInvalidPropertyError
 
+from stride_assets.engine.datasets_out import read_current
 from stride_assets.engine.shards import DEFAULT_BATCH
 from stride_assets.resources import StrideResource
 
@@ -94,5 +95,5 @@ def influence_scores_usable(context: dg.AssetCheckExecutionContext, stride: Stri
 
 @dg.asset_check(asset="curated_dataset", description="The curated dataset keeps at least one example.")
 def curated_dataset_not_empty(context: dg.AssetCheckExecutionContext, stride: StrideResource) -> dg.AssetCheckResult:
-    kept = pl.read_parquet(stride.store().require("curated_dataset", "data/kept.parquet")).height
+    kept = read_current(stride.store().stage("curated_dataset"), "keep").height
     return dg.AssetCheckResult(passed=kept > 0, metadata={"kept": kept})

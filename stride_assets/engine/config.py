@@ -164,8 +164,24 @@ class CurationConfig(_Strict):
     top_k_per_query: int = Field(20, ge=1, description="keep each query's top-k positive examples")
     min_score: float = Field(0.0, description="a kept example's score must exceed this")
     exclude_negative_z: float = Field(
-        2.0, gt=0, description="drop examples whose summed score is below mean - z*std of nonzero sums"
+        3.0, gt=0, description="drop examples whose summed score is below median - z * robust std of the sums"
     )
+    min_negative_queries: int = Field(2, ge=1, description="... and that hurt at least this many queries")
+
+
+class SelectionConfig(_Strict):
+    """Data selection: the candidates with the most influence on the target queries."""
+
+    fraction: float = Field(0.5, gt=0, le=1, description="share of the training examples to keep")
+    task_column: str = Field("kind", description="query column whose values are tasks taking turns (round-robin)")
+
+
+class ContaminationConfig(_Strict):
+    """Contamination audit: influential examples that share text with a query."""
+
+    k: int = Field(10, ge=1, description="look at each query's k most influential examples")
+    min_overlap: float = Field(0.3, gt=0, le=1, description="share of the query's word n-grams found in the example")
+    ngram: int = Field(5, ge=1)
 
 
 class EvaluationConfig(_Strict):
@@ -190,6 +206,8 @@ class StrideConfig(_Strict):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     curation: CurationConfig = Field(default_factory=CurationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 

@@ -1,8 +1,10 @@
 """Curation policy: from influence scores to a kept/dropped decision per training example.
 
 Kept: each query's top-k examples by positive influence (above ``min_score``).
-Dropped: examples whose influence summed over the query set is strongly negative
-(below mean - z * std of the non-zero sums), whatever their top-k status.
+Dropped (harmful): examples whose influence summed over the query set is strongly negative:
+below median - z * robust std (1.4826 * MAD) of the sums, below zero, and negative for at least
+``min_negative_queries`` queries, whatever their top-k status. (A mean - z * std floor drops
+nothing on real scores: their long positive tail inflates the std.)
 Every row carries its scores and the reason for the decision.
 """
 
@@ -31,10 +33,14 @@ def curate(scores: pl.DataFrame, corpus: pl.DataFrame, cfg: CurationConfig) -> p
         pl.col("score").sum().alias("score_sum"),
         pl.col("score").max().alias("score_max"),
         (pl.col("score") > 0).sum().cast(pl.Int64).alias("n_queries_positive"),
+        (pl.col("score") < 0).sum().cast(pl.Int64).alias("n_queries_negative"),
     )
-    mean, std = totals["score_sum"].mean() or 0.0, totals["score_sum"].std() or 0.0
-    floor = mean - cfg.exclude_negative_z * std
-    harmful = totals.filter((pl.col("score_sum") < floor) & (pl.col("score_sum") < 0)).select("example_id")
+    sums = totals["score_sum"]
+    median = float(sums.median() or 0.0)
+    spread = 1.4826 * float((sums - median).abs().median() or 0.0)
+    floor = median - cfg.exclude_negative_z * spread
+    harmful = totals.filter((pl.col("score_sum") < floor) & (pl.col("score_sum") < 0)
+                            & (pl.col("n_queries_negative") >= cfg.min_negative_queries)).select("example_id")
     decided = (
         totals.join(top, on="example_id", how="left")
         .join(harmful.with_columns(pl.lit(True).alias("harmful")), on="example_id", how="left")
@@ -43,7 +49,8 @@ def curate(scores: pl.DataFrame, corpus: pl.DataFrame, cfg: CurationConfig) -> p
         .with_columns(
             pl.when(pl.col("harmful")).then(pl.lit("drop")).otherwise(pl.lit("keep")).alias("decision"),
             pl.when(pl.col("harmful"))
-            .then(pl.format("summed influence {} below floor {}", pl.col("score_sum").round(5), pl.lit(round(floor, 5))))
+            .then(pl.format("summed influence {} below floor {} (negative for {} queries)", pl.col("score_sum").round(5),
+                            pl.lit(round(floor, 5)), pl.col("n_queries_negative")))
             .otherwise(pl.format("top-{} for {} queries", pl.lit(cfg.top_k_per_query), pl.col("top_queries").list.len()))
             .alias("reason"),
             pl.col("top_queries").fill_null([]),
@@ -52,6 +59,7 @@ def curate(scores: pl.DataFrame, corpus: pl.DataFrame, cfg: CurationConfig) -> p
     )
     return (
         decided.join(corpus.select("example_id", "text"), on="example_id", how="left")
-        .select("example_id", "text", "decision", "reason", "score_sum", "score_max", "n_queries_positive", "top_queries")
+        .select("example_id", "text", "decision", "reason", "score_sum", "score_max", "n_queries_positive",
+                "n_queries_negative", "top_queries")
         .sort(["decision", "score_sum"], descending=[True, True])
     )

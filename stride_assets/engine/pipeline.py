@@ -27,6 +27,7 @@ from stride_assets.engine import shards as shards_mod
 from stride_assets.engine import stages
 from stride_assets.engine.artifacts import Store, file_digest
 from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.datasets_out import read_current
 from stride_assets.engine.query import attribute
 from stride_assets.engine.result import StageResult
 
@@ -39,6 +40,8 @@ STAGES: tuple[str, ...] = (
     "perturbation_matrix",
     "influence_scores",
     "curated_dataset",
+    "selected_dataset",
+    "contamination_report",
 )
 
 # What each stage reads. The query set and the base model read the corpus *source*, not the
@@ -52,6 +55,8 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "perturbation_matrix": ("query_set", "steering_operators", "base_model"),
     "influence_scores": ("perturbation_matrix", "subset_design", "training_corpus"),
     "curated_dataset": ("influence_scores", "training_corpus"),
+    "selected_dataset": ("influence_scores", "training_corpus", "query_set"),
+    "contamination_report": ("influence_scores", "training_corpus", "query_set"),
 }
 
 # The engine modules and config sections each stage's output depends on: its code version.
@@ -63,7 +68,9 @@ _STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "steering_operators": (("operators", "training", "backbone", "losses"), ("operators", "training", "model")),
     "perturbation_matrix": (("measure", "backbone"), ("measure", "model")),
     "influence_scores": (("recovery",), ("recovery",)),
-    "curated_dataset": (("curation",), ("curation",)),
+    "curated_dataset": (("curation", "datasets_out"), ("curation",)),
+    "selected_dataset": (("selection", "datasets_out"), ("selection",)),
+    "contamination_report": (("contamination",), ("contamination",)),
 }
 
 # Which keys each stage is partitioned by: "shard", "batch", both, or none.
@@ -76,6 +83,8 @@ PARTITIONED_BY: dict[str, tuple[str, ...]] = {
     "perturbation_matrix": ("shard", "batch"),
     "influence_scores": ("batch",),
     "curated_dataset": (),
+    "selected_dataset": (),
+    "contamination_report": (),
 }
 
 DESCRIPTIONS: dict[str, str] = {name: (getattr(stages, name).__doc__ or "").strip() for name in STAGES}
@@ -139,7 +148,7 @@ def summary(cfg: StrideConfig, store: Store, n_queries: int = 3, top_k: int = 5)
     batches = batch_names(cfg)
     queries = stages.read_all_queries(store, batches)
     top = stages.read_scores(store, batches, "top_k.parquet")
-    kept = pl.read_parquet(store.require("curated_dataset", "data/kept.parquet"))
+    kept = read_current(store.stage("curated_dataset"), "keep")
     chosen = queries.sort("kind", descending=True).head(n_queries)  # prompts first, then held-out passages
     lines = [f"stride run in {store.root}", f"  queries: {queries.height}; curated: {kept.height} kept", ""]
     for qid, text in chosen.select("query_id", "text").iter_rows():

@@ -45,11 +45,22 @@ def curves(series: dict[str, Sequence[tuple[int, float]]], path: Path, title: st
 
 def histogram(values: np.ndarray, path: Path, title: str, xlabel: str, bins: int = 60) -> Path:
     """Histogram with a log count axis (influence scores are heavy-tailed)."""
+    return histograms({"": values}, path, title, xlabel, bins)
+
+
+def histograms(groups: dict[str, np.ndarray], path: Path, title: str, xlabel: str, bins: int = 60) -> Path:
+    """Overlaid histograms on shared bins (e.g. kept vs dropped), log count axis."""
     plt, fig, ax = _figure()
-    values = np.asarray(values, dtype=np.float64)
-    if values.size:
-        ax.hist(values, bins=bins, color="#4477aa")
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()}
+    values = np.concatenate([a for a in arrays.values() if a.size]) if any(a.size for a in arrays.values()) else None
+    if values is not None:
+        edges = np.histogram_bin_edges(values, bins=bins)
+        for name, array in arrays.items():
+            if array.size:
+                ax.hist(array, bins=edges, alpha=0.6 if len(arrays) > 1 else 1.0, label=name or None)
         ax.set_yscale("log")
+        if len(arrays) > 1:
+            ax.legend(fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return _save(plt, fig, path)

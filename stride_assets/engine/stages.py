@@ -7,7 +7,7 @@ The corpus comes in shards and the queries in batches (``shards.py``); the stage
     base_model ------------------------------------------------/                     perturbation_matrix[batch/shard]
     query_set[batch] ----------------------------------------------------------------/        |
     influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
-    curated_dataset          (fan-in over batches)
+    curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
 
 The base model is frozen: it does not follow the corpus (the tiny default trains once on the
 shards present when it is built).
@@ -15,6 +15,8 @@ shards present when it is built).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -28,15 +30,18 @@ import torch
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm, plots
 from stride_assets.engine import shards as shards_mod
-from stride_assets.engine.artifacts import Store, file_digest, read_json, write_json, write_parquet
+from stride_assets.engine.artifacts import Store, atomic_path, file_digest, read_json, write_json, write_parquet
 from stride_assets.engine.backbone import encode_all, make_site, take
 from stride_assets.engine.config import StrideConfig, TrainConfig, resolve_device
+from stride_assets.engine.contamination import audit, audit_markdown
 from stride_assets.engine.curation import curate
+from stride_assets.engine.datasets_out import write_dataset
 from stride_assets.engine.design import SubsetDesign, draw_design, shard_K, validate_design
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, top_direction_energy
 from stride_assets.engine.recovery import recover
+from stride_assets.engine.selection import select
 from stride_assets.engine.result import StageResult, markdown_table
 from stride_assets.engine.training import train_operators
 
@@ -436,23 +441,103 @@ def influence_scores(cfg: StrideConfig, store: Store, log: Log, batch: str) -> S
     )
 
 
+def _inputs_version(store: Store, batches: list[str], shard_list: list[str], settings: dict) -> str:
+    """Version of a curated output: a hash of the scores and corpus blocks it reads and its settings."""
+    files = [store.require("influence_scores", "scores.parquet", b) for b in batches]
+    files += [store.require("training_corpus", "train.parquet", s) for s in shard_list]
+    return file_digest(*files)[:8] + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:4]
+
+
 def curated_dataset(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
-    """Examples kept (top influence for the queries) and dropped (strongly negative), with reasons."""
-    scores = read_scores(store, shards_mod.batch_names(cfg))
-    decided = curate(scores, read_train(store, shards_mod.shard_names(cfg.corpus)), cfg.curation)
-    stage = store.stage("curated_dataset")
+    """Examples kept (top influence for the queries) and dropped (strongly harmful), with reasons: a versioned dataset."""
+    batches, shard_list = shards_mod.batch_names(cfg), shards_mod.shard_names(cfg.corpus)
+    decided = curate(read_scores(store, batches), read_train(store, shard_list), cfg.curation)
     kept, dropped = decided.filter(pl.col("decision") == "keep"), decided.filter(pl.col("decision") == "drop")
-    paths = [write_parquet(kept, stage / "data" / "kept.parquet"), write_parquet(dropped, stage / "data" / "dropped.parquet")]
+    version = _inputs_version(store, batches, shard_list, cfg.curation.model_dump())
+    stage = store.stage("curated_dataset")
+    folder = write_dataset(stage, version, {"keep": kept, "drop": dropped}, "stride curated dataset",
+                           "Training examples kept (each query's most influential) and dropped (strongly "
+                           "harmful across the query set), with their scores and the reason for each decision.")
     store.write_args("curated_dataset", cfg.curation.model_dump())
-    log(f"curated: kept {kept.height}, dropped {dropped.height}")
+    log(f"curated: kept {kept.height}, dropped {dropped.height} (version {version})")
     return StageResult(
         stage="curated_dataset",
-        path=stage,
-        metadata={"rows": kept.height, "dropped": dropped.height},
+        path=folder,
+        metadata={"rows": kept.height, "dropped": dropped.height, "version": version},
         markdown={"kept": markdown_table(kept.head(5).select("example_id", "score_sum", "reason")),
                   "dropped": markdown_table(dropped.head(5).select("example_id", "score_sum", "reason"))},
         params={f"curation.{k}": v for k, v in cfg.curation.model_dump().items()},
         metrics={"kept": kept.height, "dropped": dropped.height},
+        plots={"kept_vs_dropped": plots.histograms(
+            {"kept": kept["score_sum"].to_numpy(), "dropped": dropped["score_sum"].to_numpy()},
+            stage / "kept_vs_dropped.png", "summed influence of curated examples", "score summed over queries")},
+        files=[folder / "README.md"],
+        fingerprint=file_digest(*sorted(folder.glob("*.parquet"))),
+    )
+
+
+def selected_dataset(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
+    """Data selection: the training examples with the most influence on the queries (tasks take turns), a versioned dataset."""
+    sc = cfg.selection
+    batches, shard_list = shards_mod.batch_names(cfg), shards_mod.shard_names(cfg.corpus)
+    train, queries = read_train(store, shard_list), read_all_queries(store, batches)
+    if sc.task_column in queries.columns:
+        queries = queries.with_columns(pl.col(sc.task_column).cast(pl.Utf8).alias("task"))
+    n = max(1, round(sc.fraction * train.height))
+    chosen = select(read_scores(store, batches).select("query_id", "example_id", "score"),
+                    train.select("example_id", "text", "shard"), queries.select("query_id", *(
+                        ["task"] if "task" in queries.columns else [])), n)
+    picked, rest = chosen.filter(pl.col("selected")), chosen.filter(~pl.col("selected"))
+    version = _inputs_version(store, batches, shard_list, sc.model_dump())
+    folder = write_dataset(store.stage("selected_dataset"), version, {"selected": picked, "not_selected": rest},
+                           "stride data selection", f"The {n} training examples with the most influence on the "
+                           "query set (tasks taking turns), and the others, each with its reason.")
+    store.write_args("selected_dataset", {**sc.model_dump(), "n": n})
+    log(f"selected {picked.height} of {chosen.height} examples (version {version})")
+    return StageResult(
+        stage="selected_dataset",
+        path=folder,
+        metadata={"rows": picked.height, "candidates": chosen.height, "version": version,
+                  "tasks": int(picked["task"].n_unique()) if picked.height else 0},
+        markdown={"selected": markdown_table(picked.head(5).select("example_id", "task", "score", "reason"))},
+        params={f"selection.{k}": v for k, v in sc.model_dump().items()},
+        metrics={"selected": picked.height},
+        plots={"selected_vs_not": plots.histograms(
+            {"selected": picked["score_sum"].to_numpy(), "not selected": rest["score_sum"].to_numpy()},
+            store.path("selected_dataset", "selected_vs_not.png"), "influence on the query set", "score summed over queries")},
+        files=[folder / "README.md"],
+        fingerprint=file_digest(*sorted(folder.glob("*.parquet"))),
+    )
+
+
+def contamination_report(cfg: StrideConfig, store: Store, log: Log) -> StageResult:
+    """Suspected test-set leaks: highly influential training examples that share text with a query, with evidence."""
+    cc = cfg.contamination
+    batches, shard_list = shards_mod.batch_names(cfg), shards_mod.shard_names(cfg.corpus)
+    train, queries = read_train(store, shard_list), read_all_queries(store, batches)
+    leaks = audit(read_scores(store, batches).select("query_id", "example_id", "score"),
+                  queries.select("query_id", "text"), train.select("example_id", "text"),
+                  k=cc.k, min_overlap=cc.min_overlap, n=cc.ngram)
+    summary = audit_markdown(leaks)
+    stage = store.stage("contamination_report")
+    paths = [write_parquet(leaks, stage / "leaks.parquet")]
+    with atomic_path(stage / "summary.md") as tmp:
+        tmp.write_text(summary)
+    paths.append(stage / "summary.md")
+    store.write_args("contamination_report", cc.model_dump())
+    n_queries = int(leaks["query_id"].n_unique()) if leaks.height else 0
+    log(f"contamination: {leaks.height} suspected leaks for {n_queries} of {queries.height} queries")
+    return StageResult(
+        stage="contamination_report",
+        path=stage,
+        metadata={"rows": leaks.height, "queries_with_leaks": n_queries, "queries": queries.height},
+        markdown={"summary": summary},
+        params={f"contamination.{k}": v for k, v in cc.model_dump().items()},
+        metrics={"suspected_leaks": leaks.height, "queries_with_leaks": n_queries},
+        plots={"overlap": plots.histogram(leaks["overlap"].to_numpy() if leaks.height else np.zeros(0),
+                                          stage / "overlap.png", "text overlap of suspected leaks",
+                                          f"share of the query's word {cc.ngram}-grams in the example")},
+        files=paths,
         fingerprint=file_digest(*paths),
     )
 
