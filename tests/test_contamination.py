@@ -220,6 +220,7 @@ def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) 
     flagged_copies = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
     assert flagged_copies == report["stride_logit"]["audit"]["planted_flagged"]
     assert (out / "audit.md").read_text().startswith("# Contamination audit")
+    assert (out / "recall_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert report["protocol"]["n"] == 300 + planted.height and report["protocol"]["quick"] is True
 
     # the MLflow run the CLI logs without --no-mlflow

@@ -211,3 +211,16 @@ def test_build_query_set(tmp_path):
         build_query_set(hold, QueryConfig(n_holdout=0, prompts=[]))
     with pytest.raises(StrideInputError, match="prompt 1"):
         build_query_set(hold, QueryConfig.model_construct(n_holdout=0, prompts=["ok", 7], path=None, seed=0))
+
+
+def test_query_file_task_column_becomes_the_kind(tmp_path):
+    from stride_assets.engine.config import QueryConfig
+    from stride_assets.engine.corpus import build_query_set
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"text": "how do I open a file", "task": "io"}\n{"text": "what is a lambda", "task": "functions"}\n')
+    queries = build_query_set(pl.DataFrame(), QueryConfig(n_holdout=0, prompts=[], path=str(path)))
+    assert queries["kind"].to_list() == ["io", "functions"]
+    path.write_text('{"text": "how do I open a file", "task": "io"}\n{"text": "what is a lambda", "task": null}\n')
+    with pytest.raises(StrideInputError, match="task"):
+        build_query_set(pl.DataFrame(), QueryConfig(n_holdout=0, prompts=[], path=str(path)))

@@ -311,11 +311,18 @@ def _query_file(path_str: str, text_column: str) -> pl.DataFrame:
     where = f"query file {str(path)!r}"
     cfg = CorpusConfig(text_column=text_column, min_chars=1, id_column="query_id" if "query_id" in df.columns else None)
     out = _table_frame(df, cfg, where, "file", 4, "file")
-    return out.select(pl.col("example_id").alias("query_id"), "text", pl.lit("file").alias("kind"))
+    kind = pl.lit("file")
+    if "task" in df.columns:  # a task per query: data selection lets tasks take turns
+        tasks = df["task"].to_list()
+        if out.height != df.height or any(t is None for t in tasks):
+            raise StrideInputError(f"{where}: a task column needs a task and a non-empty text on every row")
+        kind = pl.Series([str(t) for t in tasks], dtype=pl.Utf8)
+    return out.select(pl.col("example_id").alias("query_id"), "text").with_columns(kind.alias("kind"))
 
 
 def build_query_set(holdout: pl.DataFrame, cfg: QueryConfig, text_column: str = "text") -> pl.DataFrame:
-    """Queries ``(query_id, text, kind)``: sampled held-out passages, then prompts, then a file.
+    """Queries ``(query_id, text, kind)``: sampled held-out passages, then prompts, then a file
+    (kind "holdout", "prompt", "file", or the file's ``task`` column: the tasks of data selection).
 
     Up to ``cfg.n_holdout`` held-out passages are drawn with ``cfg.seed`` (kept in holdout order,
     query id = example id); prompts get ids ``prompt/NN``; the optional file's rows ``file/NNNN``

@@ -28,14 +28,15 @@ def _save(plt, fig, path: Path) -> Path:
     return Path(path)
 
 
-def curves(series: dict[str, Sequence[tuple[int, float]]], path: Path, title: str, log_y: bool = False) -> Path:
-    """Line plot of step series (e.g. loss curves)."""
+def curves(series: dict[str, Sequence[tuple[int, float]]], path: Path, title: str, log_y: bool = False,
+           xlabel: str = "step", marker: str | None = None) -> Path:
+    """Line plot of step series (e.g. loss curves, recall at k)."""
     plt, fig, ax = _figure()
     for name, points in series.items():
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, label=name)
-    ax.set_xlabel("step")
+            ax.plot(xs, ys, label=name, marker=marker)
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     if log_y:
         ax.set_yscale("log")

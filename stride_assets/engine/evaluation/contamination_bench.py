@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from stride_assets.engine import contamination
+from stride_assets.engine import plots
 from stride_assets.engine.artifacts import atomic_path, read_json, write_json, write_parquet
 from stride_assets.engine.evaluation import stride_method
 from stride_assets.engine.evaluation.bench import _scores_frame
@@ -118,6 +119,9 @@ def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: L
                           "contaminated": planted["query_id"].n_unique(), "stride": lm_stride(quick)[STRIDE].model_dump(),
                           "total_seconds": time.perf_counter() - started}
     write_json(report, out / "report.json")
+    plots.curves({m: [(int(k), v) for k, v in report[m]["recall_at_k"].items()] for m in methods(report)},
+                 out / "recall_curves.png", "recall of planted copies", xlabel="k (most influential examples)",
+                 marker="o")
     return read_json(out / "report.json")  # as written: JSON keys (k as strings, "1", "5", ...)
 
 
@@ -166,4 +170,5 @@ def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experime
     params = {k: v for k, v in report["protocol"].items() if k != "stride"}
     return tracking.log_run(client, exp_id, "bench contamination", {"stride_bench": "contamination"}, params=params,
                             metrics=metrics, texts={"table.md": table(report)},
-                            artifacts={"": [Path(out) / "report.json", Path(out) / "audit.md"]})
+                            artifacts={"": [Path(out) / "report.json", Path(out) / "audit.md",
+                                            Path(out) / "recall_curves.png"]})
