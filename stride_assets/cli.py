@@ -1,6 +1,6 @@
 """The ``stride`` command: run the pipeline through Dagster, attribute new texts, open the UIs.
 
-``stride run`` executes the ``stride_job`` in this process against the persistent Dagster
+``stride run`` executes the layer jobs over every shard and query batch in this process against the persistent Dagster
 instance in ``<repo>/.stride/dagster_home``, so its runs show up later in ``stride ui``.
 The profile and storage chosen here reach the resources through ``STRIDE_PROFILE`` and
 ``STRIDE_HOME`` (read by ``stride_assets.resources.build_resources``).

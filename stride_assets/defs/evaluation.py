@@ -3,7 +3,7 @@
 workers), and the LDS of the pipeline's attributions, with checks that fail in the UI when
 STRIDE's LDS is below the configured floor or below a baseline.
 
-Not part of ``stride_job``: after a run, materialize the group from the UI (the retrains run as a
+Not part of ``stride run``: after a run, materialize the group from the UI (the retrains run as a
 backfill over the partitions) or with ``dagster asset materialize``.
 """
 
