@@ -41,6 +41,8 @@ def variants(base: sm.StrideSettings, kind: str) -> dict[str, dict]:
         "stability x10": {"training": {"stability_weight": 10.0 * base.training.stability_weight}},
         "linearity term (weight 30)": {"training": {"linearity_weight": 30.0}},
         "measure=exact": {"measure": {"mode": "exact"}},
+        "optimizer=lazy_adam": {"training": {"optimizer": "lazy_adam"}},
+        "lazy_adam, lr x3": {"training": {"optimizer": "lazy_adam", "lr": 3 * base.training.lr}},
     }
     forms = ("logit", "activation", "input") if kind == "classifier" else ("logit", "activation")
     out.update({f"form={f}": {"operators": {"form": f}} for f in forms if f != base.operators.form})
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32, help="validation retrains")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--variant", default="", help="which STRIDE variant of the suite (default: the first)")
+    ap.add_argument("--only", default="", help="comma-separated ablation names to run (default: all)")
     args = ap.parse_args()
 
     suite = suites.build(args.name, quick=args.quick)
@@ -64,7 +67,14 @@ def main() -> None:
     truth = task.retrain_losses(subsets, seed=suite.protocol.model_seed)["val"]
     rows = []
     default_ratio = spec.stride.recovery.lambda_ratio
-    for name, change in variants(spec.stride, task.kind).items():
+    chosen = variants(spec.stride, task.kind)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        unknown = set(wanted) - set(chosen)
+        if unknown:
+            raise SystemExit(f"unknown ablations {sorted(unknown)}; known: {list(chosen)}")
+        chosen = {w: chosen[w] for w in wanted}
+    for name, change in chosen.items():
         settings = spec.stride.with_(**change)
         start = time.perf_counter()
         fitted = sm.fit(task, trained, settings)

@@ -115,6 +115,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="member pairs (and as many non-member pairs) per step")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "lazy_adam"] = Field(
+        "adamw", description="lazy_adam: Adam that moves only the operators used in a step (cheaper per step)")
     fidelity_weight: float = Field(1.0, ge=0)
     stability_weight: float = Field(1.0, ge=0)
     linearity_weight: float = Field(0.0, ge=0)

@@ -80,6 +80,39 @@ class PairSampler:
         return subsets, examples
 
 
+class RowAdam:
+    """Lazy Adam over the operator matrices: only the rows (operators) used in a step move.
+
+    With AdamW over the whole (K, r, C) tensor, every operator moves every step (its moments keep
+    it moving after its gradient is gone) and the update costs a pass over all K*r*C entries
+    although a step touches at most 2 * batch_size operators. Here each operator keeps its own
+    step count for bias correction and is updated only when one of its pairs was sampled.
+    """
+
+    def __init__(self, param: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.param, self.betas, self.eps, self.weight_decay = param, betas, eps, weight_decay
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+        self.t = torch.zeros(param.shape[0], dtype=torch.long, device=param.device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, lr: float) -> None:
+        rows = torch.unique(rows.to(self.param.device))
+        b1, b2 = self.betas
+        g = self.param.grad[rows]
+        self.t[rows] += 1
+        shape = (-1,) + (1,) * (self.param.ndim - 1)
+        t = self.t[rows].to(self.param.dtype).view(shape)
+        m = self.m[rows].mul_(b1).add_(g, alpha=1 - b1)
+        v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.m[rows], self.v[rows] = m, v
+        update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps)
+        rows_now = self.param[rows]
+        if self.weight_decay:
+            rows_now.mul_(1 - lr * self.weight_decay)
+        self.param[rows] = rows_now - lr * update
+
+
 def linearity_projector(design: SubsetDesign, sketch: int, ridge: float, seed: int) -> torch.Tensor:
     """P = Mt (Mt^T Mt + g I)^-1 Mt^T with the JL sketch Mt = M R (K x q)."""
     rng = np.random.default_rng(seed)
@@ -111,8 +144,10 @@ def train_operators(
     """Train ``bank`` in place on the cached features of the n training examples."""
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(design, cfg.seed)
-    params = [p for p in bank.parameters() if p.requires_grad]
+    lazy = cfg.optimizer == "lazy_adam"
+    params = [p for p in bank.parameters() if p.requires_grad and not (lazy and p is bank.A)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    row_opt = RowAdam(bank.A, weight_decay=cfg.weight_decay) if lazy else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps))
     projector = (
         linearity_projector(design, cfg.linearity_sketch, cfg.linearity_ridge, cfg.seed)
@@ -125,9 +160,11 @@ def train_operators(
     for step in range(cfg.steps):
         terms: dict[str, torch.Tensor] = {}
         k, i = (torch.as_tensor(a) for a in sampler.members(cfg.batch_size))
+        touched = [k]
         terms["fidelity"] = _steered_loss(site, bank, feats[i], take(batch, i), k)
         if cfg.stability_weight > 0:
             k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.batch_size))
+            touched.append(k2)
             terms["stability"] = _stability(site, bank, feats[j], take(batch, j), k2)
         if projector is not None:
             probe = torch.as_tensor(sampler.rng.integers(0, design.n, cfg.linearity_batch))
@@ -136,7 +173,10 @@ def train_operators(
         weights = {"fidelity": cfg.fidelity_weight, "stability": cfg.stability_weight, "linearity": cfg.linearity_weight}
         loss = check_finite(sum(weights[n] * t for n, t in terms.items()), f"operator loss at step {step}")
         opt.zero_grad(set_to_none=True)
+        bank.A.grad = None
         loss.backward()
+        if row_opt is not None:  # the linearity term reaches every operator: then every row is touched
+            row_opt.step(torch.arange(bank.K) if projector is not None else torch.cat(touched), sched.get_last_lr()[0])
         opt.step()
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
