@@ -42,7 +42,7 @@ def variants(base: sm.StrideSettings, kind: str) -> dict[str, dict]:
         "linearity term (weight 30)": {"training": {"linearity_weight": 30.0}},
         "measure=exact": {"measure": {"mode": "exact"}},
         "optimizer=lazy_adam": {"training": {"optimizer": "lazy_adam"}},
-        "lazy_adam, lr x3": {"training": {"optimizer": "lazy_adam", "lr": 3 * base.training.lr}},
+        "lazy_adam lr x3": {"training": {"optimizer": "lazy_adam", "lr": 3 * base.training.lr}},
     }
     forms = ("logit", "activation", "input") if kind == "classifier" else ("logit", "activation")
     out.update({f"form={f}": {"operators": {"form": f}} for f in forms if f != base.operators.form})

@@ -140,7 +140,7 @@ def test_run_reports_the_failing_stage(
     assert "- steering_operators skipped" in captured.out
     assert "stride run FAILED" in captured.err
     assert "training_corpus: stride_assets.engine.errors.StrideConfigError" in captured.err
-    assert "K=5000 is too large" in captured.err
+    assert "is too large" in captured.err and "design.K=5000 per corpus.shard_size=80" in captured.err
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()  # newest first: the shard run failed after the model run succeeded
         assert [r.job_name for r in runs] == ["stride_shard_job", "stride_model_job"]

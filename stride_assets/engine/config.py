@@ -91,6 +91,13 @@ class DesignConfig(_Strict):
     d: int = Field(8, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check_d(self) -> "DesignConfig":
+        if not self.d < self.K:
+            raise ValueError(f"each example must sit in d subsets with 1 <= d < K; got d={self.d}, K={self.K} "
+                             "(d = K would put every example in every subset and measure nothing)")
+        return self
+
 
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
