@@ -54,21 +54,21 @@ def shard_K(K: int, d: int, n: int, shard_size: int) -> int:
     return int(max(d + 1, round(K * n / shard_size)))
 
 
-def validate_design(n: int, K: int, d: int) -> None:
-    """Reject designs that cannot carry information, before any work is done."""
+def validate_design(n: int, K: int, d: int, note: str = "") -> None:
+    """Reject designs that cannot carry information, before any work is done (``note`` ends each message)."""
     if n < 2:
-        raise StrideConfigError(f"subset design needs at least 2 training examples, got n={n}")
+        raise StrideConfigError(f"subset design needs at least 2 training examples, got n={n}{note}")
     if K < 2:
-        raise StrideConfigError(f"subset design needs K >= 2 subsets, got K={K}")
+        raise StrideConfigError(f"subset design needs K >= 2 subsets, got K={K}{note}")
     if not 1 <= d < K:
         raise StrideConfigError(
             f"each example must sit in d subsets with 1 <= d < K; got d={d}, K={K} "
-            "(d = K would put every example in every subset and measure nothing)"
+            f"(d = K would put every example in every subset and measure nothing){note}"
         )
     if n * d < K:
         raise StrideConfigError(
             f"K={K} is too large for n={n}, d={d}: the expected subset size n*d/K = {n * d / K:.2f} < 1 "
-            "leaves subsets empty; lower K or raise d"
+            f"leaves subsets empty; lower K or raise d{note}"
         )
 
 

@@ -37,7 +37,7 @@ from stride_assets.engine.contamination import audit, audit_markdown
 from stride_assets.engine.curation import curate
 from stride_assets.engine.datasets_out import write_dataset
 from stride_assets.engine.design import SubsetDesign, draw_design, shard_K, validate_design
-from stride_assets.engine.errors import StrideConfigError, StrideInputError
+from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, top_direction_energy
 from stride_assets.engine.recovery import recover
@@ -119,11 +119,9 @@ def training_corpus(cfg: StrideConfig, store: Store, log: Log, shard: str) -> St
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     # fail now, not after hours of work, on settings that cannot work for this shard
     dc, size = cfg.design, cfg.corpus.shard_size
-    try:
-        validate_design(train.height, shard_K(dc.K, dc.d, train.height, size), dc.d)
-    except StrideConfigError as exc:
-        raise StrideConfigError(f"shard {shard!r}: {exc} (design.K={dc.K} per corpus.shard_size={size} examples, "
-                                f"scaled to this shard's {train.height})") from exc
+    validate_design(train.height, shard_K(dc.K, dc.d, train.height, size), dc.d,
+                    note=f" (shard {shard!r}: design.K={dc.K} per corpus.shard_size={size} examples, scaled to its "
+                    f"{train.height})")
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
     stage = store.stage("training_corpus", shard)
