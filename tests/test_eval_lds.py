@@ -1,6 +1,5 @@
 """LDS on planted ground truth: an exact additive datamodel scores 1, noise scores ~0, NaNs are counted."""
 
-
 from pathlib import Path
 
 import numpy as np
