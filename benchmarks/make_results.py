@@ -54,8 +54,12 @@ def main() -> None:
     ap.add_argument("--report", action="append", default=[], help="NAME=DIR (with DIR/report.json) or NAME=FILE.json")
     ap.add_argument("--ablation", action="append", default=[], help="NAME=FILE from ablate_stride.py")
     ap.add_argument("--command", action="append", default=[], help="the command(s) that made the reports")
+    ap.add_argument("--intro", help="markdown file placed under the title (status, reading notes)")
+    ap.add_argument("--appendix", help="markdown file placed at the end (scenario benchmarks)")
     args = ap.parse_args()
     out = ["# Attribution quality: LDS against real retraining", ""]
+    if args.intro:
+        out += [Path(args.intro).read_text().rstrip(), ""]
     out += ["Made by:", "", "```", *args.command, "```", ""]
     for item in args.report:
         name, folder = item.split("=", 1)
@@ -88,6 +92,8 @@ def main() -> None:
         out += [f"| {r['variant']} | {r['val_lds_best']:.3f} | {r['best_lambda']} | {r['fit_seconds']:.1f} |"
                 for r in data["rows"]]
         out.append("")
+    if args.appendix:
+        out += [Path(args.appendix).read_text().rstrip(), ""]
     print("\n".join(out))
 
 
