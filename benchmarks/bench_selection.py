@@ -37,7 +37,7 @@ from stride_assets.engine.artifacts import atomic_path
 from stride_assets.engine.config import CurationConfig
 from stride_assets.engine.curation import curate
 from stride_assets.engine.evaluation import stride_method, suites
-from stride_assets.engine.evaluation.bench import _scores_frame
+from stride_assets.engine.evaluation.bench import scores_frame
 from stride_assets.engine.evaluation.lm_task import pydoc_task
 from stride_assets.engine.evaluation.methods import METHODS
 from stride_assets.engine.selection import select, selection_benefit, selection_mask
@@ -131,7 +131,7 @@ def main() -> None:
     cache = Path(args.cache)
     method_scores = {"tfidf": METHODS["tfidf"](task, trained, "test", on="token_ids").scores}
     method_scores["stride"], stride_info = stride_scores(task, trained, cache, log)
-    frames = {name: _scores_frame(s, task) for name, s in method_scores.items()}
+    frames = {name: scores_frame(s, task) for name, s in method_scores.items()}
     candidates = pl.DataFrame({"example_id": task.example_ids, "text": task.texts()})
     queries = pl.DataFrame({"query_id": task.query_ids["test"]})
     benefit = dict(n_random=args.random, seed=args.seed, cache=cache)

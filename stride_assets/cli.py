@@ -245,10 +245,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench.run_benchmark(suite.task, specs, out, protocol, log=lambda m: print(m, flush=True),
                                  removal=not args.no_removal)
     print("\n" + report.table(result))
+    return _finish_bench(args, report.log_to_mlflow, result, out, f"report: {out / 'report.json'}")
+
+
+def _finish_bench(args: argparse.Namespace, log_to_mlflow, result: dict, out: Path, summary: str) -> int:
+    """Every ``stride bench``: the MLflow run (unless --no-mlflow), then where the report is."""
     if not args.no_mlflow:
-        run_id = report.log_to_mlflow(result, out, tracking_uri())
+        run_id = log_to_mlflow(result, out, tracking_uri())
         print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
-    print(f"report: {out / 'report.json'}")
+    print(summary)
     return 0
 
 
@@ -261,11 +266,8 @@ def _bench_contamination(args: argparse.Namespace) -> int:
     scenario = contamination_bench.Scenario(seed=args.seed)
     result = contamination_bench.run(out, args.quick, scenario, log=lambda m: print(m, flush=True))
     print("\n" + contamination_bench.table(result))
-    if not args.no_mlflow:
-        run_id = contamination_bench.log_to_mlflow(result, out, tracking_uri())
-        print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
-    print(f"report: {out / 'report.json'}; suspected leaks: {out / 'audit.md'}")
-    return 0
+    return _finish_bench(args, contamination_bench.log_to_mlflow, result, out,
+                         f"report: {out / 'report.json'}; suspected leaks: {out / 'audit.md'}")
 
 
 def _bench_incremental(args: argparse.Namespace) -> int:
@@ -275,11 +277,8 @@ def _bench_incremental(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().resolve()
     print(f"stride bench incremental ({'quick' if args.quick else 'full'}) -> {out}", flush=True)
     result = incremental_bench.run(out, quick=args.quick, log=lambda m: print(m, flush=True))
-    if not args.no_mlflow:
-        run_id = incremental_bench.log_to_mlflow(result, out, tracking_uri())
-        print(f"\nMLflow run {run_id} (experiment stride-bench, {tracking_uri()})")
-    print(f"incremental_ratio {result['incremental_ratio']:.3f}; report: {out / 'report.json'}")
-    return 0
+    return _finish_bench(args, incremental_bench.log_to_mlflow, result, out,
+                         f"incremental_ratio {result['incremental_ratio']:.3f}; report: {out / 'report.json'}")
 
 
 # --- stride ui / mlflow-ui ----------------------------------------------------------------------

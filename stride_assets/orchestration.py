@@ -17,7 +17,7 @@ import dagster as dg
 
 from stride_assets.defs.assets import batch_partitions, shard_partitions
 from stride_assets.defs.jobs import RUN_ORDER
-from stride_assets.defs.sensors import recorded_digest
+from stride_assets.defs.sensors import latest_materialization, recorded_digest
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.shards import batch_digests, shard_digests
 
@@ -35,10 +35,7 @@ def register_partitions(instance: dg.DagsterInstance, cfg: StrideConfig) -> tupl
 
 
 def _has(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> bool:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
-    return bool(records)
+    return latest_materialization(instance, asset, partition) is not None
 
 
 def plan(instance: dg.DagsterInstance, cfg: StrideConfig, only_changed: bool = False

@@ -18,13 +18,19 @@ from stride_assets.resources import StrideResource
 TICK_SECONDS = 60
 
 
+def latest_materialization(instance: dg.DagsterInstance, asset: str,
+                           partition: str | None = None) -> dg.AssetMaterialization | None:
+    """The latest materialization of ``asset`` (of one partition when given), or None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1).records
+    return records[0].asset_materialization if records else None
+
+
 def recorded_digest(instance: dg.DagsterInstance, asset: str, partition: str) -> str | None:
     """The source digest the latest materialization of ``asset[partition]`` was made from."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("source_digest")
+    event = latest_materialization(instance, asset, partition)
+    value = event.metadata.get("source_digest") if event is not None else None
     return None if value is None else str(value.value)
 
 

@@ -179,7 +179,8 @@ def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, l
             "mean_loss_rise": {f"{m}@{k}": float(r) for m, k, r in table.iter_rows()}}
 
 
-def _scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
+def scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
+    """A (queries x examples) score matrix as the interchange table: query_id, example_id, score (non-zeros)."""
     q, i = np.nonzero(scores)
     return pl.DataFrame({"query_id": np.asarray(task.query_ids["test"], dtype=object)[q].tolist(),
                          "example_id": np.asarray(task.example_ids, dtype=object)[i].tolist(),
@@ -230,7 +231,7 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         result = lds(scores, subsets, truth["test"])
         report[spec.name] = {**result.as_dict(), **stats}
         all_scores[spec.name] = scores
-        write_parquet(_scores_frame(scores, task), out / "scores" / f"{spec.name}.parquet")
+        write_parquet(scores_frame(scores, task), out / "scores" / f"{spec.name}.parquet")
         log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)")
     if removal and all_scores:
         chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}

@@ -33,7 +33,7 @@ from stride_assets.engine import contamination
 from stride_assets.engine import plots
 from stride_assets.engine.artifacts import atomic_path, read_json, write_json, write_parquet
 from stride_assets.engine.evaluation import stride_method
-from stride_assets.engine.evaluation.bench import _scores_frame
+from stride_assets.engine.evaluation.bench import scores_frame
 from stride_assets.engine.evaluation.lm_task import SPLITS, LMTask, pydoc_task
 from stride_assets.engine.evaluation.meter import metered
 from stride_assets.engine.evaluation.suites import lm_stride
@@ -96,7 +96,7 @@ def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: L
         with metered() as meter:
             scores = score(task, trained, method, quick)
         recall = contamination.recall_at_k(scores, task.query_ids["test"], task.example_ids, planted, sc.ks, sc.seed)
-        frame = _scores_frame(scores, task)
+        frame = scores_frame(scores, task)
         leaks = contamination.audit(frame, queries, corpus, sc.audit_k, sc.min_overlap, sc.ngram, seed=sc.seed)
         found = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
         report[method] = {"recall_at_k": recall["recall_at_k"], "recall_at_k_by_kind": recall["by_kind"],
