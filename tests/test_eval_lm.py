@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from stride_assets.engine.backbone import take
+from stride_assets.engine.config import TinyModelConfig
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
-from stride_assets.engine.evaluation.lm_task import GPTRecipe, LMTask, pydoc_task, text_task
+from stride_assets.engine.evaluation.lm_task import (
+    MAX_LENGTH,
+    PYDOC_RECIPE,
+    QUICK_RECIPE,
+    LMTask,
+    pydoc_task,
+    text_task,
+)
 from stride_assets.engine.evaluation.task import draw_subsets
 
 pytestmark = [
@@ -17,14 +25,15 @@ pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
-TINY = GPTRecipe(n_layer=2, n_embd=32, n_head=2, vocab_size=300, max_length=32, epochs=None, steps=20, batch_size=8)
+TINY = TinyModelConfig(n_layer=2, n_embd=32, n_head=2, vocab_size=300, steps=20, batch_size=8, lr=2e-3)
+TINY_LENGTH = 32  # tokens per example in the tests' tasks
 
 
 
 
 @pytest.fixture(scope="module")
 def task() -> LMTask:
-    return pydoc_task(seed=0, quick=True, recipe=TINY)
+    return pydoc_task(seed=0, quick=True, recipe=TINY, max_length=TINY_LENGTH)
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +49,30 @@ def test_construction_and_splits(task):
     assert not set(task.texts()) & set(task.texts("test"))
     batch = task.train_batch(np.array([3, 1]))
     assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape[0] == 2
-    assert task.query_batch("val")["input_ids"].shape[1] <= TINY.max_length
+    assert task.query_batch("val")["input_ids"].shape[1] <= TINY_LENGTH
     ids = task.token_ids("test")
-    assert len(ids) == 40 and all(2 <= len(row) <= TINY.max_length for row in ids)
+    assert len(ids) == 40 and all(2 <= len(row) <= TINY_LENGTH for row in ids)
     assert ids[0] == task.query_batch("test")["input_ids"][0, : len(ids[0])].tolist()
     with pytest.raises(StrideConfigError, match="split"):
         task.query_batch("train")
 
 
 def test_recipe_steps():
-    assert GPTRecipe(epochs=2.0, batch_size=16).steps_for(100) == 13
+    assert TinyModelConfig(epochs=2.0, batch_size=16).steps_for(100) == 13
     assert TINY.steps_for(100) == TINY.steps_for(7) == 20
-    with pytest.raises(StrideConfigError, match="exactly one"):
-        GPTRecipe(epochs=None)
-    with pytest.raises(StrideConfigError, match="exactly one"):
-        GPTRecipe(epochs=1.0, steps=5)
+    assert TinyModelConfig(epochs=1.0, steps=5, batch_size=16).steps_for(100) == 7  # epochs, when set, wins
+    with pytest.raises(ValueError, match="epochs"):
+        TinyModelConfig(epochs=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        TinyModelConfig(steps=0)
+
+
+def test_harness_recipes_keep_their_values():
+    """The pydoc recipe (once ``GPTRecipe()``) and the quick one: every benchmark score depends on them."""
+    fields = ("n_layer", "n_embd", "n_head", "vocab_size", "epochs", "batch_size", "lr", "weight_decay")
+    assert [getattr(PYDOC_RECIPE, f) for f in fields] == [2, 64, 2, 2048, 12.0, 16, 2e-3, 0.01]
+    assert [getattr(QUICK_RECIPE, f) for f in fields] == [2, 32, 2, 512, 4.0, 16, 2e-3, 0.01]
+    assert MAX_LENGTH == 64 and PYDOC_RECIPE.steps_for(1004) == 753
 
 
 def test_training_is_deterministic(task, trained):
@@ -62,7 +80,7 @@ def test_training_is_deterministic(task, trained):
     np.testing.assert_array_equal(task.query_losses(trained.model), task.query_losses(again.model))
     other = task.train(None, seed=1)
     assert not np.allclose(task.query_losses(trained.model), task.query_losses(other.model))
-    rebuilt = pydoc_task(seed=0, quick=True, recipe=TINY)
+    rebuilt = pydoc_task(seed=0, quick=True, recipe=TINY, max_length=TINY_LENGTH)
     assert rebuilt.example_ids == task.example_ids and rebuilt.query_ids == task.query_ids
 
 
@@ -95,7 +113,7 @@ def test_example_loss_matches_query_losses(task, trained):
 def test_vmap_grads_match_autograd(task, trained):
     model = trained.model
     lengths = task.train_batch()["attention_mask"].sum(1)
-    rows = torch.cat([(lengths < TINY.max_length).nonzero()[:2, 0], (lengths == TINY.max_length).nonzero()[:2, 0]])
+    rows = torch.cat([(lengths < TINY_LENGTH).nonzero()[:2, 0], (lengths == TINY_LENGTH).nonzero()[:2, 0]])
     batch = task.train_batch(rows.numpy())
     assert batch["attention_mask"].sum(1).min() < batch["attention_mask"].shape[1]  # padding is covered
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -143,10 +161,10 @@ def _write_parquet(path, n: int) -> None:
 def test_text_task_from_parquet(tmp_path):
     path = tmp_path / "notes.parquet"
     _write_parquet(path, 60)
-    task = text_task(path, "body", n_val=5, n_test=10, recipe=TINY)
+    task = text_task(path, "body", n_val=5, n_test=10, recipe=TINY, max_length=TINY_LENGTH)
     assert task.name == "notes" and task.n == 45 and not task.finetune
     assert np.isfinite(task.query_losses(task.train(np.arange(10)).model, "val")).all()
-    tuned = text_task(path, "body", n_val=5, n_test=10, recipe=TINY, finetune=True)
+    tuned = text_task(path, "body", n_val=5, n_test=10, recipe=TINY, max_length=TINY_LENGTH, finetune=True)
     assert tuned.finetune and tuned.n == 23
     assert set(tuned.example_ids) < set(task.example_ids)  # same queries; half the rest pre-trains
     start = tuned.new_model(seed=5).state_dict()
@@ -154,4 +172,4 @@ def test_text_task_from_parquet(tmp_path):
     with pytest.raises(StrideInputError, match="text column 'missing' not found"):
         text_task(path, "missing")
     with pytest.raises(StrideInputError, match="cannot give"):
-        text_task(path, "body", n_val=30, n_test=30, recipe=TINY)
+        text_task(path, "body", n_val=30, n_test=30, recipe=TINY, max_length=TINY_LENGTH)

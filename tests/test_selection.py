@@ -1,5 +1,6 @@
 """Data selection (stride_assets.engine.selection): tasks taking turns on a planted score table,
-one explained row per candidate, and a measured benefit on real retrains (wine classifier, tiny LM)."""
+one explained row per candidate, and a measured benefit on real retrains (wine classifier, tiny LM;
+stride_assets.engine.evaluation.selection_bench)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from stride_assets.engine.config import TinyModelConfig
 from stride_assets.engine.errors import StrideInputError
-from stride_assets.engine.evaluation.classifier import MLPRecipe, tabular_task
-from stride_assets.engine.evaluation.lm_task import GPTRecipe, LMTask
-from stride_assets.engine.selection import select, selection_benefit, selection_mask
+from stride_assets.engine.evaluation.classifier import MLPRecipe
+from stride_assets.engine.evaluation.lm_task import LMTask
+from stride_assets.engine.evaluation.selection_bench import selection_benefit, selection_mask
+from stride_assets.engine.evaluation.tabular import tabular_task
+from stride_assets.engine.selection import select
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -244,8 +248,8 @@ def test_selection_benefit_on_a_tiny_language_model() -> None:
     animals = [f"the {a} sat on the {b} mat" for a, b in rng.choice(["cat", "dog", "fox"], size=(24, 2))]
     numbers = [" ".join(map(str, rng.integers(0, 99, size=8))) for _ in range(24)]
     task = LMTask(animals[:20] + numbers[:20], {"val": numbers[20:], "test": animals[20:]},
-                  GPTRecipe(n_layer=1, n_embd=32, n_head=2, vocab_size=300, max_length=16, epochs=None, steps=60,
-                            batch_size=8, lr=3e-3))
+                  TinyModelConfig(n_layer=1, n_embd=32, n_head=2, vocab_size=300, steps=60, batch_size=8, lr=3e-3),
+                  max_length=16)
     mask = np.arange(task.n) < 20
     result = selection_benefit(task, mask, n_random=2, seed=0)
     assert result["selection_loss"] < result["random_loss_mean"] and result["win_rate"] == 1.0

@@ -6,10 +6,11 @@ a user's parquet/jsonl file. The fixed setup, shared by the base model and every
 
 - one byte-level BPE tokenizer, trained once on the training texts (``lm.train_tokenizer``);
 - every example encoded to at most ``max_length`` tokens, right padded (``lm.encode``);
-- one recipe (``GPTRecipe``): a GPT-2 built by ``lm.build_tiny_gpt2`` and fitted by
-  ``lm.train_lm`` (AdamW, warmup + cosine, clipping). By default the number of steps scales with
-  the subset (``epochs``), so a model on half the data sees it as often as the base model sees
-  all of it; ``steps`` instead fixes the count.
+- one recipe, the pipeline's own config type ``config.TinyModelConfig`` (it replaced this
+  module's ``GPTRecipe``): a GPT-2 built by ``lm.build_tiny_gpt2`` and fitted by ``lm.train_lm``
+  (AdamW, warmup + cosine, clipping). The harness recipes (``PYDOC_RECIPE``, ``QUICK_RECIPE``)
+  set ``epochs``, so the number of steps scales with the subset and a model on half the data
+  sees it as often as the base model sees all of it; without ``epochs``, ``steps`` fixes the count.
 
 The training ``seed`` sets both the initialisation and the batch order. ``retrain_losses``
 uses one seed for every subset, so models differ only through their data (common random
@@ -25,9 +26,7 @@ from scratch: with the default recipe a half-data retrain (502 passages, 377 ste
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,45 +52,10 @@ def _quiet(_: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class GPTRecipe:
-    """How every model of an LM task is built and trained (base model and retrains alike).
-
-    Exactly one of ``epochs`` (steps = ceil(epochs * examples / batch_size), scaling with the
-    subset) and ``steps`` (a fixed count) is set.
-    """
-
-    n_layer: int = 2
-    n_embd: int = 64
-    n_head: int = 2
-    vocab_size: int = 2048
-    max_length: int = 64
-    epochs: float | None = 12.0
-    steps: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-
-    def __post_init__(self) -> None:
-        if (self.epochs is None) == (self.steps is None):
-            raise StrideConfigError(f"GPTRecipe needs exactly one of epochs or steps (got {self.epochs}, {self.steps})")
-        if (self.epochs is not None and self.epochs <= 0) or (self.steps is not None and self.steps < 1):
-            raise StrideConfigError(f"GPTRecipe: epochs must be > 0 and steps >= 1 (got {self.epochs}, {self.steps})")
-
-    def steps_for(self, n_examples: int) -> int:
-        """Optimizer steps when training on ``n_examples`` examples."""
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))  # type: ignore[operator]
-
-    def model_config(self, seed: int) -> TinyModelConfig:
-        """The architecture (and initialisation seed) in the form ``lm.build_tiny_gpt2`` takes."""
-        return TinyModelConfig(
-            vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, seed=seed
-        )
-
-
-QUICK_RECIPE = GPTRecipe(n_layer=2, n_embd=32, n_head=2, vocab_size=512, epochs=4.0)  # smoke runs only
+MAX_LENGTH = 64  # tokens per example (longer texts are truncated)
+PYDOC_RECIPE = TinyModelConfig(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, epochs=12.0, batch_size=16, lr=2e-3,
+                               weight_decay=0.01)
+QUICK_RECIPE = PYDOC_RECIPE.model_copy(update={"n_embd": 32, "vocab_size": 512, "epochs": 4.0})  # smoke runs only
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -105,12 +69,14 @@ def _crop(batch: Batch, device: torch.device) -> Batch:
 
 
 class LMTask:
-    """A ``Task`` over text passages: next-token NLL of a GPT-2 trained with ``GPTRecipe``.
+    """A ``Task`` over text passages: next-token NLL of a GPT-2 trained with ``recipe``.
 
-    ``query_texts`` maps "val" and "test" to their texts. The tokenizer is trained on the
-    training texts (plus ``pretrain_texts`` in the fine-tuning variant), never on queries, and
-    every text is encoded once: ``recipe.vocab_size`` and ``recipe.max_length`` are fixed at
-    construction; the training fields of ``self.recipe`` may be changed afterwards.
+    ``recipe`` is a ``TinyModelConfig`` (default ``PYDOC_RECIPE``); its ``seed`` is not used,
+    every model takes the seed it is trained with. ``query_texts`` maps "val" and "test" to their
+    texts. The tokenizer is trained on the training texts (plus ``pretrain_texts`` in the
+    fine-tuning variant), never on queries, and every text is encoded once to at most
+    ``max_length`` tokens: ``recipe.vocab_size`` and ``max_length`` are fixed at construction;
+    ``self.recipe`` may be replaced afterwards (``model_copy``) to change the other fields.
     """
 
     kind = "lm"
@@ -119,20 +85,22 @@ class LMTask:
         self,
         train_texts: list[str],
         query_texts: dict[str, list[str]],
-        recipe: GPTRecipe | None = None,
+        recipe: TinyModelConfig | None = None,
         *,
+        max_length: int = MAX_LENGTH,
         name: str = "lm",
         example_ids: list[str] | None = None,
         query_ids: dict[str, list[str]] | None = None,
         pretrain_texts: list[str] | None = None,
-        pretrain_recipe: GPTRecipe | None = None,
+        pretrain_recipe: TinyModelConfig | None = None,
         device: str = "cpu",
         log: Log = _quiet,
     ):
         if set(query_texts) != set(SPLITS):
             raise StrideInputError(f"query_texts must have exactly the splits {SPLITS}, got {sorted(query_texts)}")
         self.name = name
-        self.recipe = recipe or GPTRecipe()
+        self.recipe = recipe or PYDOC_RECIPE
+        self.max_length = max_length
         self.device = device
         self.log = log
         self._texts: dict[str, list[str]] = {"train": list(train_texts), **{s: list(query_texts[s]) for s in SPLITS}}
@@ -147,12 +115,12 @@ class LMTask:
         self._data: dict[str, Batch] = {split: self._encode(texts) for split, texts in self._texts.items()}
         self._base_state: dict[str, torch.Tensor] | None = None
         if pretrain_texts:
-            base = self._fit(lm.build_tiny_gpt2(self.tokenizer, self.recipe.model_config(0), self.recipe.max_length),
-                             self._encode(list(pretrain_texts)), pretrain_recipe or self.recipe, seed=0)
+            base = self._fit(self.new_model(0), self._encode(list(pretrain_texts)), pretrain_recipe or self.recipe,
+                             seed=0)  # a fresh model: there is no base state yet
             self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
     def _encode(self, texts: list[str]) -> Batch:
-        ids, mask = lm.encode(self.tokenizer, texts, self.recipe.max_length)
+        ids, mask = lm.encode(self.tokenizer, texts, self.max_length)
         return {"input_ids": ids, "attention_mask": mask}
 
     @property
@@ -198,12 +166,12 @@ class LMTask:
 
     def new_model(self, seed: int = 0) -> nn.Module:
         """The untrained starting point: a fresh GPT-2 for ``seed``, or the pre-trained base model."""
-        model = lm.build_tiny_gpt2(self.tokenizer, self.recipe.model_config(seed), self.recipe.max_length)
+        model = lm.build_tiny_gpt2(self.tokenizer, self.recipe.model_copy(update={"seed": seed}), self.max_length)
         if self._base_state is not None:
             model.load_state_dict(self._base_state)
         return model
 
-    def _fit(self, model: nn.Module, batch: Batch, recipe: GPTRecipe, seed: int,
+    def _fit(self, model: nn.Module, batch: Batch, recipe: TinyModelConfig, seed: int,
              on_step: Callable[[int, float], Any] | None = None) -> nn.Module:
         steps = recipe.steps_for(len(batch["input_ids"]))
         lm.train_lm(
@@ -309,7 +277,7 @@ class LMTask:
 
 def _split_task(
     df: pl.DataFrame, name: str, *, seed: int, n_val: int, n_test: int, n_train: int | None, finetune: bool,
-    recipe: GPTRecipe | None, **kwargs: Any,
+    recipe: TinyModelConfig | None, **kwargs: Any,
 ) -> LMTask:
     """Seeded permutation -> val / test / train (fine-tuning: then pretrain, half of the rest).
 
@@ -343,25 +311,25 @@ def _split_task(
     )
 
 
-def pydoc_task(seed: int = 0, quick: bool = False, *, finetune: bool = False, recipe: GPTRecipe | None = None,
+def pydoc_task(seed: int = 0, quick: bool = False, *, finetune: bool = False, recipe: TinyModelConfig | None = None,
                **kwargs: Any) -> LMTask:
     """The embedded Python docs: 1,154 distinct passages of ~400 characters (~59 tokens at 64).
 
-    Default: 50 val and 100 test queries, the other 1,004 passages for training, ``GPTRecipe()``.
+    Default: 50 val and 100 test queries, the other 1,004 passages for training, ``PYDOC_RECIPE``.
     ``quick``: 20 val, 40 test, 300 training passages and ``QUICK_RECIPE``. ``finetune``: half of
     the non-query passages pre-train a base model, the other half is the training set.
-    Extra keyword arguments (``device``, ``log``, ``pretrain_recipe``) go to ``LMTask``.
+    Extra keyword arguments (``max_length``, ``device``, ``log``, ``pretrain_recipe``) go to ``LMTask``.
     """
     df = load_passages(CorpusConfig(source="pydoc"))
     sizes = dict(n_val=20, n_test=40, n_train=300) if quick else dict(n_val=50, n_test=100, n_train=None)
-    recipe = recipe or (QUICK_RECIPE if quick else GPTRecipe())
+    recipe = recipe or (QUICK_RECIPE if quick else PYDOC_RECIPE)
     return _split_task(df, "pydoc", seed=seed, finetune=finetune, recipe=recipe, **sizes, **kwargs)
 
 
 def text_task(
     path: str | Path, text_column: str = "text", *, seed: int = 0, n_val: int = 50, n_test: int = 100,
     n_train: int | None = None, id_column: str | None = None, finetune: bool = False,
-    recipe: GPTRecipe | None = None, **kwargs: Any,
+    recipe: TinyModelConfig | None = None, **kwargs: Any,
 ) -> LMTask:
     """An LM task on a user's parquet/jsonl/csv/txt file (one passage per row, see ``corpus``).
 

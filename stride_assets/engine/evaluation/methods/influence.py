@@ -105,8 +105,8 @@ def if_exact(task: Task, trained: Trained, split: str, damping: float = 0.01, we
 
     ``weight_decay``: the L2 coefficient of the training objective, added to H. "auto" reads
     ``task.recipe.weight_decay`` for classifier tasks (``MLPRecipe``: mean CE + wd / 2 ||theta||^2)
-    and uses 0 otherwise (``GPTRecipe``'s is AdamW's decoupled decay, not an L2 term; damping
-    stands in for it); a number overrides it.
+    and uses 0 otherwise (an LM task's ``TinyModelConfig`` one is AdamW's decoupled decay, not an
+    L2 term; damping stands in for it); a number overrides it.
     """
     model = trained.model
     layer = task.last_layer(model)
