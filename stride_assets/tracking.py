@@ -1,5 +1,8 @@
 """MLflow plumbing shared by the Dagster resource and the CLI (no Dagster import here).
 
+The benchmark harness never imports this module: it says what to log (``report.TrackedRun``) and
+the CLI hands it to ``log_bench``.
+
 Defaults: SQLite store ``sqlite:///<repo>/.stride/mlflow.db`` (or ``$MLFLOW_TRACKING_URI``),
 artifacts in ``mlartifacts/`` beside the database. mlflow is imported lazily (about 4 s cold).
 """
@@ -10,7 +13,10 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from stride_assets.engine.evaluation.report import TrackedRun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIDE_DIR = REPO_ROOT / ".stride"
@@ -123,3 +129,11 @@ def log_run(
 
 def run_url(ui_url: str, exp_id: str, run_id: str) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def log_bench(run: TrackedRun, tracking_uri: str, experiment: str = "stride-bench") -> str:
+    """One MLflow run of a benchmark, as its ``TrackedRun`` says (files go to the artifact root). Returns its id."""
+    mlflow_client = client(tracking_uri)
+    exp_id = experiment_id(mlflow_client, experiment, default_artifact_root(tracking_uri))
+    return log_run(mlflow_client, exp_id, run.name, run.tags, params=run.params, metrics=run.metrics,
+                   texts=run.texts, artifacts={"": run.files})

@@ -1,4 +1,5 @@
-"""Contamination audit (stride_assets.engine.contamination) and its benchmark scenario, on planted signals."""
+"""Contamination audit (stride_assets.engine.contamination) and its benchmark scenario, on planted signals
+(stride_assets.engine.evaluation.planting, .contamination_bench)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stride_assets.engine.contamination import (
-    audit,
-    audit_markdown,
-    light_edit,
-    ngram_overlap,
-    plant_copies,
-    recall_at_k,
-)
+from stride_assets import tracking
+from stride_assets.engine.contamination import audit, audit_markdown, ngram_overlap
 from stride_assets.engine.errors import StrideInputError
+from stride_assets.engine.evaluation.planting import light_edit, plant_copies, recall_at_k
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),  # sdpa under vmap
@@ -224,6 +220,6 @@ def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) 
     assert report["protocol"]["n"] == 300 + planted.height and report["protocol"]["quick"] is True
 
     # the MLflow run the CLI logs without --no-mlflow
-    run_id = contamination_bench.log_to_mlflow(report, out, mlflow_uri)
+    run_id = tracking.log_bench(contamination_bench.tracked_run(report, out), mlflow_uri)
     run = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
     assert run.data.metrics["stride_logit.recall_at_10"] == report["stride_logit"]["recall_at_k"]["10"]

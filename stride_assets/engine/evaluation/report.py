@@ -1,11 +1,31 @@
-"""Reading a benchmark report: a table of methods, and its MLflow run."""
+"""Reading a benchmark report: a table of methods, and what its MLflow run should hold.
+
+The harness does not log anything itself: each benchmark turns its report into a ``TrackedRun``
+and whoever runs it (``stride bench``: ``stride_assets.tracking.log_bench``) logs that.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stride_assets.engine.store import BenchFolder
+
 RESERVED = {"protocol", "noise_ceiling", "base_model", "removal"}
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """One benchmark's experiment-tracking run: its name, tags, params, metrics (non-numeric ones are
+    dropped when logged), text artifacts (file name -> content) and local files to attach."""
+
+    name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    texts: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
 
 
 def method_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -40,12 +60,8 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
-    """One MLflow run per benchmark: LDS and cost per method as metrics, the report as an artifact."""
-    from stride_assets import tracking
-
-    client = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
+def tracked_run(report: dict[str, Any], out: Path) -> TrackedRun:
+    """What to log of an LDS benchmark: LDS and cost per method as metrics, the table, report.json."""
     p = report["protocol"]
     metrics = {}
     for name, s in method_rows(report):
@@ -55,6 +71,5 @@ def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experime
     metrics["noise_ceiling"] = report.get("noise_ceiling", {}).get("lds_mean", float("nan"))
     metrics.update({f"base.{k}": v for k, v in report.get("base_model", {}).items()})
     params = {k: v for k, v in p.items() if not isinstance(v, dict)}
-    return tracking.log_run(client, exp_id, f"bench {p['task']}", {"stride_bench": p["task"]}, params=params,
-                            metrics=metrics, texts={"table.md": table(report)},
-                            artifacts={"": [Path(out) / "report.json"]})
+    return TrackedRun(f"bench {p['task']}", {"stride_bench": p["task"]}, params, metrics,
+                      texts={"table.md": table(report)}, files=[BenchFolder(out).file("report")])

@@ -1,0 +1,174 @@
+"""What each ``stride`` subcommand does, one function each (``stride_assets.cli`` only parses arguments).
+
+``run`` executes the layer jobs over every shard and query batch in this process against the persistent
+Dagster instance in ``<repo>/.stride/dagster_home``, so its runs show up later in ``stride ui``.
+The profile and storage reach the resources through ``STRIDE_PROFILE`` and ``STRIDE_HOME`` (read by
+``stride_assets.resources.build_resources``). Each function returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stride_assets.engine.evaluation.report import TrackedRun
+    from stride_assets.engine.evaluation.suites import BenchOptions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STRIDE_DIR = REPO_ROOT / ".stride"
+DAGSTER_HOME = STRIDE_DIR / "dagster_home"
+INSTANCE_TEMPLATE = REPO_ROOT / "resources" / "dagster.yaml"
+HOST = "127.0.0.1"
+DAGSTER_PORT = 3000
+MLFLOW_PORT = 5000
+
+
+class CliError(Exception):
+    """A problem to report in one line, with a non-zero exit."""
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def prepare_dagster_home() -> Path:
+    """An absolute DAGSTER_HOME holding the instance template (telemetry off, one run at a time)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def storage_root() -> Path:
+    from stride_assets.tracking import default_storage_root
+
+    return Path(default_storage_root()).expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    from stride_assets.tracking import default_tracking_uri
+
+    return default_tracking_uri()
+
+
+def run(only_changed: bool = False) -> int:
+    """``stride run``: every layer job in order (or only what changed), with concise progress."""
+    home = prepare_dagster_home()
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import dagster as dg
+
+    import definitions
+    from stride_assets.engine import pipeline
+    from stride_assets.engine.store import Store
+    from stride_assets.resources import build_resources
+
+    cfg = build_resources()["stride"].config()  # a bad profile or override fails here, before any run starts
+    store_root = storage_root()
+    say(f"stride run: profile {os.environ.get('STRIDE_PROFILE', 'default')!r}, store {store_root}")
+    say(f"Dagster instance: {home}")
+    from stride_assets.orchestration import run_pipeline
+    from stride_assets.progress import failure_messages, progress_logger
+
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        # Only loggers named in the run config are used; every event still goes to the instance's event log.
+        results = run_pipeline(definitions.defs(), instance, cfg, only_changed=only_changed,
+                               loggers={"progress": progress_logger(instance, pipeline.STAGES)},
+                               run_config={"loggers": {"progress": {}}}, log=say)
+    elapsed = time.monotonic() - started
+    failed = [r for r in results if not r.success]
+    if failed:
+        print(f"\nstride run FAILED after {elapsed:.1f} s (Dagster run {failed[0].run_id}):", file=sys.stderr)
+        for message in failure_messages(failed[0]) or ["see the run's logs in `stride ui`"]:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    print(f"\nstride run finished in {elapsed:.1f} s ({len(results)} Dagster runs)\n")
+    print(pipeline.summary(cfg, Store(store_root)))
+    print(
+        f"\nOutputs: {store_root} (one folder per stage)\n"
+        f"Dagster UI (runs, lineage, metadata): stride ui  ->  http://{HOST}:{DAGSTER_PORT}\n"
+        f"MLflow UI (params, metrics, curves):  stride mlflow-ui  ->  http://{HOST}:{MLFLOW_PORT}"
+    )
+    return 0
+
+
+def attribute(texts: Sequence[str], top_k: int = 10) -> int:
+    """``stride attribute``: the top examples of new texts, from the stored operators (no retraining)."""
+    root = storage_root()
+    if not root.is_dir():
+        raise CliError(f"no stride store at {root}: run `stride run` first (or pass --store DIR)")
+    import polars as pl
+
+    from stride_assets.engine import pipeline
+    from stride_assets.engine.store import Store
+
+    table = pipeline.attribute(list(texts), Store(root), top_k=top_k)
+    flat = [pl.col(c).str.replace_all(r"\s+", " ").str.slice(0, 60) for c in ("query", "text")]
+    with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=220, tbl_formatting="ASCII_MARKDOWN",
+                   tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
+        print(table.with_columns(flat))
+    return 0
+
+
+def mlflow_tracker(uri: str) -> Callable[[TrackedRun], str]:
+    """The callback that logs a benchmark's ``TrackedRun`` as an MLflow run and says where it went."""
+
+    def track(run: TrackedRun) -> str:
+        from stride_assets.tracking import log_bench
+
+        run_id = log_bench(run, uri)
+        print(f"\nMLflow run {run_id} (experiment stride-bench, {uri})")
+        return run_id
+
+    return track
+
+
+def bench(name: str, out: str | Path, options: BenchOptions, mlflow: bool = True) -> int:
+    """``stride bench NAME``: a benchmark of the suites registry (or a data file), logged to MLflow."""
+    import warnings
+
+    from stride_assets.engine.evaluation.suites import run_bench
+
+    # per-example gradients of GPT-2 under vmap take a slow (correct) path for CPU attention
+    warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+    run_bench(name, Path(out).expanduser().resolve(), options, log=say,
+              track=mlflow_tracker(tracking_uri()) if mlflow else None)
+    return 0
+
+
+def _exec(argv: list[str]) -> int:
+    say(" ".join(argv))
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name) or str(Path(sys.executable).with_name(name))
+
+
+def dagster_ui(port: int = DAGSTER_PORT) -> int:
+    """``stride ui``: ``dagster dev`` on the repo's workspace, bound to loopback."""
+    prepare_dagster_home()
+    os.chdir(REPO_ROOT)
+    return _exec([_tool("dagster"), "dev", "-w", "workspace.yaml", "-h", HOST, "-p", str(port)])
+
+
+def mlflow_ui(port: int = MLFLOW_PORT) -> int:
+    """``stride mlflow-ui``: the MLflow UI on the tracking store, bound to loopback."""
+    from stride_assets.tracking import default_artifact_root, sqlite_path
+
+    uri = tracking_uri()
+    if db := sqlite_path(uri):
+        db.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = default_artifact_root(uri)
+    return _exec([_tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
+                 + (["--default-artifact-root", artifacts] if artifacts else []))
