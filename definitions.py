@@ -1,18 +1,12 @@
-"""The Dagster code location ``stride``: the defs folder, the resources, and the executor that
-``STRIDE_EXECUTOR`` names (in-process by default; see ``stride_assets/executors.py``)."""
-
-from pathlib import Path
+"""The Dagster code location ``stride``: ``build_defs`` for the profile that ``STRIDE_PROFILE`` names
+(default ``default``), with the executor that ``STRIDE_EXECUTOR`` names (see ``stride_assets/executors.py``)."""
 
 import dagster as dg
 
-import stride_assets
-from stride_assets.executors import executor_from_env
-from stride_assets.resources import build_resources
+from stride_assets.defs import build_defs
+from stride_assets.resources import profile_from_env
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions.merge(
-        dg.load_from_defs_folder(path_within_project=Path(stride_assets.__file__).parent),
-        dg.Definitions(resources=build_resources(), executor=executor_from_env()),
-    )
+    return build_defs(profile_from_env())

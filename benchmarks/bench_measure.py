@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from stride_assets.engine import stages
-from stride_assets.engine.artifacts import Store
+from stride_assets.engine import lm
+from stride_assets.engine.store import Store
 from stride_assets.engine.backbone import make_site
 from stride_assets.engine.measure import responses
 
@@ -37,13 +37,12 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     args = ap.parse_args()
     store = Store(args.store)
-    model, tokenizer = stages.load_base_model(store)
+    model, tokenizer = store.load_base_model()
     shard = sorted(p.name for p in store.stage("steering_operators").iterdir() if p.is_dir())[0]
-    bank, op_args = stages.load_bank(store, shard)
+    bank, op_args = store.load_bank(shard)
     site = make_site(model, op_args["operators"]["form"], op_args["layer"])
-    texts = stages.read_queries(store, "default")["text"].head(args.queries).to_list()
-    max_length = stages.read_json(store.require("base_model", "model_ref.json"))["max_length"]
-    batch = stages.encode_texts(tokenizer, texts, max_length)
+    texts = store.read_queries("default")["text"].head(args.queries).to_list()
+    batch = lm.encode_batch(tokenizer, texts, store.model_ref()["max_length"])
     n = len(texts)
 
     def forward() -> None:

@@ -11,15 +11,18 @@ update, as a single command.
 
 from __future__ import annotations
 
+from itertools import product
 from typing import Callable
 
 import dagster as dg
 
 from stride_assets.defs.assets import batch_partitions, shard_partitions
-from stride_assets.defs.jobs import RUN_ORDER
+from stride_assets.defs.jobs import job_name
 from stride_assets.defs.sensors import latest_materialization, recorded_digest
+from stride_assets.engine import registry
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.shards import batch_digests, shard_digests
+from stride_assets.engine.stages import STAGES
 
 
 def register_partitions(instance: dg.DagsterInstance, cfg: StrideConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -34,37 +37,48 @@ def register_partitions(instance: dg.DagsterInstance, cfg: StrideConfig) -> tupl
     return shards, batches
 
 
-def _has(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> bool:
-    return latest_materialization(instance, asset, partition) is not None
+def _partition(keys: tuple[str, ...], block: dict[str, str]) -> str | dg.MultiPartitionKey | None:
+    if not keys:
+        return None
+    if len(keys) == 1:
+        return block[keys[0]]
+    return dg.MultiPartitionKey(block)
+
+
+def _depends(block: dict[str, str], upstream_block: dict[str, str]) -> bool:
+    """Whether a block reads an upstream block: they agree on every key they share."""
+    return all(block[k] == v for k, v in upstream_block.items() if k in block)
 
 
 def plan(instance: dg.DagsterInstance, cfg: StrideConfig, only_changed: bool = False
          ) -> list[tuple[str, str | dg.MultiPartitionKey | None]]:
-    """(job name, partition key) of every run to make, in order.
+    """(job name, partition key) of every run to make, jobs in the order the stage table implies.
 
-    ``only_changed``: shards and batches whose data changed (as the sensor sees it), the blocks
-    they touch or that were never measured, the recovery of every batch with a new block, and
-    the curated outputs when any recovery ran.
+    ``only_changed``: a block runs when a stage of it reads the source and the source changed (as
+    the sensor sees it), when a stage of it was never materialized for it, or when a block it reads
+    (of an earlier job) runs.
     """
     shards, batches = register_partitions(instance, cfg)
+    digests = {"shard": shards, "batch": batches}
+    running: dict[str, list[dict[str, str]]] = {}
+    runs = []
+    for job, members in registry.jobs(STAGES).items():
+        keys = members[0].keys
+        dims = sorted(keys, key=("batch", "shard").index)  # a batch's blocks together
+        blocks = [dict(zip(dims, combo)) for combo in product(*(list(digests[k]) for k in dims))]
 
-    def changed(asset: str, key: str, digest: str) -> bool:
-        return not only_changed or recorded_digest(instance, asset, key) != digest
+        def stale(block: dict[str, str]) -> bool:
+            key = _partition(keys, block)
+            return (any(m.reads_source and recorded_digest(instance, m.name, str(key)) != digests[keys[0]][key]
+                        for m in members)
+                    or any(latest_materialization(instance, m.name, None if key is None else str(key)) is None
+                           for m in members)
+                    or any(_depends(block, up) for m in members for u in m.upstream for up in running.get(u, [])))
 
-    run_shards = [s for s, d in shards.items() if changed("training_corpus", s, d)]
-    run_batches = [b for b, d in batches.items() if changed("query_set", b, d)]
-    blocks = [dg.MultiPartitionKey({"batch": b, "shard": s}) for b in batches for s in shards
-              if not only_changed or s in run_shards or b in run_batches
-              or not _has(instance, "perturbation_matrix", str(dg.MultiPartitionKey({"batch": b, "shard": s})))]
-    recover = [b for b in batches if not only_changed or any(k.keys_by_dimension["batch"] == b for k in blocks)
-               or not _has(instance, "influence_scores", b)]
-    plans = {
-        "stride_model_job": [None] if not (only_changed and _has(instance, "base_model")) else [],
-        "stride_shard_job": run_shards, "stride_queries_job": run_batches, "stride_measure_job": blocks,
-        "stride_recovery_job": recover,
-        "stride_curation_job": [None] if recover or not (only_changed and _has(instance, "curated_dataset")) else [],
-    }
-    return [(job, key) for job, _keys in RUN_ORDER for key in plans[job]]
+        chosen = [b for b in blocks if not only_changed or stale(b)]
+        running.update({m.name: chosen for m in members})
+        runs += [(job_name(job), _partition(keys, b)) for b in chosen]
+    return runs
 
 
 def run_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, cfg: StrideConfig, *, only_changed: bool = False,

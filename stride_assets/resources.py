@@ -22,13 +22,13 @@ import dagster as dg
 from pydantic import Field
 
 from stride_assets import tracking
-from stride_assets.engine.artifacts import Store
-from stride_assets.engine.config import StrideConfig, load_config
+from stride_assets.engine.config import Profile, StrideConfig, load_profile
 from stride_assets.engine.errors import StrideConfigError
+from stride_assets.engine.store import Store
 from stride_assets.tracking import MLFLOW_UI_URL, default_artifact_root, default_storage_root, default_tracking_uri
 
 if TYPE_CHECKING:
-    from stride_assets.engine.pipeline import StageResult
+    from stride_assets.engine.result import StageResult
 
 
 class StrideResource(dg.ConfigurableResource):
@@ -55,8 +55,12 @@ class StrideResource(dg.ConfigurableResource):
             raise StrideConfigError(f"overrides_json must be a JSON object, got {type(value).__name__}")
         return value
 
+    def load(self) -> Profile:
+        """The profile with its overrides: the pipeline's config and the harness's sections."""
+        return load_profile(self.profile, self.overrides())
+
     def config(self) -> StrideConfig:
-        return load_config(self.profile, self.overrides())
+        return self.load().config
 
     def root(self) -> Path:
         return Path(self.storage_root or default_storage_root()).expanduser().resolve()
@@ -127,12 +131,17 @@ class MlflowTracking(dg.ConfigurableResource):
         }
 
 
-def build_resources() -> dict[str, Any]:
-    """The resources of the code location; the CLI chooses profile and storage via the environment."""
+def profile_from_env() -> str:
+    """The profile the code location serves: ``STRIDE_PROFILE`` (the one place it is read), default ``default``."""
+    return os.environ.get("STRIDE_PROFILE") or "default"
+
+
+def build_resources(profile: str | None = None, storage_root: str | None = None) -> dict[str, Any]:
+    """The resources of the code location (profile from the environment unless given)."""
     return {
         "stride": StrideResource(
-            profile=os.environ.get("STRIDE_PROFILE") or "default",
-            storage_root=default_storage_root(),
+            profile=profile or profile_from_env(),
+            storage_root=storage_root or default_storage_root(),
         ),
         "mlflow": MlflowTracking(
             tracking_uri=default_tracking_uri(),

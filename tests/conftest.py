@@ -72,13 +72,10 @@ def micro_resources(tmp_path: Path, mlflow_uri: str) -> dict[str, Any]:
     return make_micro_resources(tmp_path, mlflow_uri)
 
 
-def make_defs(resources: dict[str, Any]):
+def make_defs(resources: dict[str, Any], profile: str = "micro"):
     """The code location's definitions with the given resources (instead of the environment's)."""
     import dagster as dg
 
-    import stride_assets
+    from stride_assets.defs import build_defs
 
-    return dg.Definitions.merge(
-        dg.load_from_defs_folder(path_within_project=Path(stride_assets.__file__).parent),
-        dg.Definitions(resources=resources, executor=dg.in_process_executor),
-    )
+    return build_defs(profile, resources=resources, executor=dg.in_process_executor)

@@ -10,8 +10,9 @@ import pytest
 
 from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import MethodSpec, Protocol, run_benchmark
-from stride_assets.engine.evaluation.classifier import MLPRecipe, tabular_task
-from stride_assets.engine.evaluation.stride_method import StrideSettings
+from stride_assets.engine.evaluation.classifier import MLPRecipe
+from stride_assets.engine.evaluation.tabular import tabular_task
+from stride_assets.engine.config import StrideConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,10 +31,10 @@ def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_run_benchmark_writes_the_interchange_files(tmp_path: Path, wine_csv: Path) -> None:
     task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=32, steps=150))
-    stride = StrideSettings().with_(design={"K": 48, "d": 6}, operators={"form": "logit", "rank": 8},
+    stride = StrideConfig().with_(design={"K": 48, "d": 6}, operators={"form": "logit", "rank": 8},
                                     training={"steps": 60, "batch_size": 256, "lr": 1e-2}, recovery={"n_jobs": 1})
-    specs = [MethodSpec("stride_logit", "stride", grid=suites.LAMBDA_GRID[:3], stride=stride),
-             MethodSpec("grad_dot", "baseline"), MethodSpec("logra", "baseline", grid=suites.DAMPING_GRID[:2])]
+    specs = [MethodSpec("stride_logit", {"config": stride}, grid=suites.LAMBDA_GRID[:3], method="stride"),
+             MethodSpec("grad_dot"), MethodSpec("logra", grid=suites.DAMPING_GRID[:2])]
     report = run_benchmark(task, specs, tmp_path, SMALL, log=lambda _: None)
 
     assert (tmp_path / "report.json").is_file() and json.loads((tmp_path / "report.json").read_text()) == report
@@ -63,7 +64,7 @@ def test_run_benchmark_writes_the_interchange_files(tmp_path: Path, wine_csv: Pa
 
 def test_a_failing_method_is_reported_not_fatal(tmp_path: Path, wine_csv: Path) -> None:
     task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=16, steps=50))
-    specs = [MethodSpec("grad_dot", "baseline"), MethodSpec("logra", "baseline", settings={"damping": -1.0})]
+    specs = [MethodSpec("grad_dot"), MethodSpec("logra", settings={"damping": -1.0})]
     report = run_benchmark(task, specs, tmp_path, replace(SMALL, m=4, m_val=3), log=lambda _: None, removal=False)
     assert "error" in report["logra"] and "lds_mean" in report["grad_dot"]
 

@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 import definitions
-from stride_assets.defs.assets import GROUPS, stage_metadata
-from stride_assets.engine.pipeline import STAGES, UPSTREAM, StageResult
+from stride_assets.defs.assets import stage_metadata
+from stride_assets.engine.pipeline import BY_NAME, STAGES, StageResult
 from stride_assets.resources import MlflowTracking, StrideResource
 
 EXPECTED_GROUPS = {
@@ -53,7 +53,7 @@ def test_asset_graph_is_the_stages_plus_evaluation(defs: dg.Definitions) -> None
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
         extra = {"corpus_source"} if stage == "training_corpus" else set()
-        assert {k.to_user_string() for k in node.parent_keys} == set(UPSTREAM[stage]) | extra, stage
+        assert {k.to_user_string() for k in node.parent_keys} == set(BY_NAME[stage].upstream) | extra, stage
         assert _dynamic_names(node.partitions_def) == PARTITIONS[stage], stage
         assert node.code_version, stage
         assert node.description, stage
@@ -71,7 +71,7 @@ def test_groups(defs: dg.Definitions) -> None:
     for key in graph.get_all_asset_keys():
         groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
     assert groups == {**EXPECTED_GROUPS, "evaluation": set(EVALUATION)}
-    assert set(GROUPS) == set(STAGES)
+    assert all(BY_NAME[s].group for s in STAGES)
 
 
 def test_checks_attach_to_stages(defs: dg.Definitions) -> None:
@@ -84,10 +84,14 @@ def test_checks_attach_to_stages(defs: dg.Definitions) -> None:
 
 
 def test_jobs_and_schedule(defs: dg.Definitions) -> None:
-    from stride_assets.defs.jobs import RUN_ORDER
+    from stride_assets.defs.jobs import job_name
+    from stride_assets.engine import registry
 
     covered = set()
-    for name, _keys in RUN_ORDER:
+    order = [job_name(job) for job in registry.jobs(BY_NAME.values())]
+    assert order == ["stride_model_job", "stride_shard_job", "stride_queries_job", "stride_measure_job",
+                     "stride_recovery_job", "stride_curation_job"]
+    for name in order:
         job = defs.resolve_job_def(name)
         covered |= {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
         assert isinstance(job.executor_def, dg.ExecutorDefinition) and job.executor_def.name == "in_process"

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from stride_assets.engine import pipeline
-from stride_assets.engine.artifacts import Store
+from stride_assets.engine.store import Store
 from stride_assets.engine.config import load_config
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
 

@@ -8,10 +8,11 @@ banks untouched. Declarative automation (``AutomationCondition.eager``) then mea
 blocks, re-solves the affected query batches and refreshes the curated outputs.
 """
 
+from typing import Any
+
 import dagster as dg
 
 from stride_assets.defs.assets import batch_partitions, shard_partitions
-from stride_assets.defs.jobs import queries_job, shard_job
 from stride_assets.engine.shards import batch_digests, shard_digests
 from stride_assets.resources import StrideResource
 
@@ -48,19 +49,25 @@ def _plan(context: dg.SensorEvaluationContext, digests: dict[str, str], partitio
     return changes, requests
 
 
-@dg.sensor(
-    name="corpus_sensor",
-    jobs=[shard_job, queries_job],
-    minimum_interval_seconds=TICK_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds new corpus shards and query batches as partitions and attributes what changed.",
-)
-def corpus_sensor(context: dg.SensorEvaluationContext, stride: StrideResource) -> dg.SensorResult:
-    cfg = stride.config()
-    shards = shard_digests(cfg.corpus)
-    shard_changes, shard_runs = _plan(context, shards, shard_partitions, "training_corpus", shard_job)
-    batch_changes, batch_runs = _plan(context, batch_digests(cfg), batch_partitions, "query_set", queries_job)
-    observations = [dg.AssetObservation(asset_key="corpus_source", partition=key, tags={"dagster/data_version": digest})
-                    for key, digest in shards.items()]
-    return dg.SensorResult(run_requests=shard_runs + batch_runs, dynamic_partitions_requests=shard_changes + batch_changes,
-                           asset_events=observations)
+def corpus_sensor(shard_job: Any,
+                  queries_job: Any) -> dg.SensorDefinition:
+    """The sensor that starts ``shard_job`` for new/changed shards and ``queries_job`` for batches."""
+
+    @dg.sensor(
+        name="corpus_sensor",
+        jobs=[shard_job, queries_job],
+        minimum_interval_seconds=TICK_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds new corpus shards and query batches as partitions and attributes what changed.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, stride: StrideResource) -> dg.SensorResult:
+        cfg = stride.config()
+        shards = shard_digests(cfg.corpus)
+        shard_changes, shard_runs = _plan(context, shards, shard_partitions, "training_corpus", shard_job)
+        batch_changes, batch_runs = _plan(context, batch_digests(cfg), batch_partitions, "query_set", queries_job)
+        observations = [dg.AssetObservation(asset_key="corpus_source", partition=key,
+                                            tags={"dagster/data_version": digest}) for key, digest in shards.items()]
+        return dg.SensorResult(run_requests=shard_runs + batch_runs,
+                               dynamic_partitions_requests=shard_changes + batch_changes, asset_events=observations)
+
+    return _sensor

@@ -1,8 +1,7 @@
-"""Named artifacts on disk, written atomically (temp file + rename), with their arguments beside them.
+"""Writing artifacts atomically (temp file + rename) and hashing them.
 
-A stage's output lives in ``<root>/<stage>/``; ``args.json`` there records the configuration
-that produced it. A reader never sees a half-written file: every writer goes to a temporary
-name in the same folder and renames over the target.
+A reader never sees a half-written file: every writer goes to a temporary name in the same
+folder and renames over the target. Which artifacts exist and where: ``store.py``.
 """
 
 from __future__ import annotations
@@ -67,6 +66,12 @@ def write_json(obj: Any, path: Path) -> Path:
     return Path(path)
 
 
+def write_text(text: str, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -102,39 +107,3 @@ def file_digest(*paths: Path, chunk: int = 1 << 20) -> str:
                 while block := fh.read(chunk):
                     h.update(block)
     return h.hexdigest()
-
-
-class Store:
-    """The storage root of one stride workspace: ``<root>/<stage>/[<key>/]...``.
-
-    ``key`` names a partition of a stage (a shard, a query batch, or ``batch/shard``), each in a
-    folder of its own so a partition is written, replaced and re-run without touching the others.
-    """
-
-    def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root).expanduser().resolve()
-
-    def stage(self, name: str, key: str | None = None) -> Path:
-        return self.root / name / key if key else self.root / name
-
-    def path(self, stage: str, filename: str, key: str | None = None) -> Path:
-        return self.stage(stage, key) / filename
-
-    def write_args(self, stage: str, args: dict[str, Any], key: str | None = None) -> Path:
-        return write_json(args, self.path(stage, "args.json", key))
-
-    def read_args(self, stage: str, key: str | None = None) -> dict[str, Any]:
-        return read_json(self.require(stage, "args.json", key))
-
-    def require(self, stage: str, filename: str, key: str | None = None) -> Path:
-        """The path of an upstream artifact, with a clear error when it was never produced."""
-        p = self.path(stage, filename, key)
-        if not p.exists():
-            from stride_assets.engine.errors import StrideInputError
-
-            where = f"the {stage!r} stage" + (f" for {key!r}" if key else "")
-            raise StrideInputError(f"missing artifact {p}: materialize {where} first (storage root {self.root})")
-        return p
-
-    def __repr__(self) -> str:
-        return f"Store({str(self.root)!r})"

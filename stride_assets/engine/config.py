@@ -6,6 +6,7 @@ applies overrides. Every random choice takes its seed from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,17 +60,32 @@ class QueryConfig(_Strict):
 
 
 class TinyModelConfig(_Strict):
-    """The default base model: a small GPT-2 architecture trained here on the corpus."""
+    """A small GPT-2 trained from scratch: architecture and training recipe, ``seed`` its initialisation.
+
+    The default base model of the pipeline, and the recipe of the harness's LM tasks
+    (``evaluation.lm_task``, which passes ``max_length`` beside it, as ``ModelConfig`` does).
+    """
 
     vocab_size: int = Field(2048, ge=256)
     n_layer: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=16)
     n_head: int = Field(4, ge=1)
     steps: int = Field(600, ge=1)
+    epochs: float | None = Field(
+        None, gt=0, description="if set, training on n examples takes ceil(epochs * n / batch_size) steps instead "
+        "of `steps`, so a model on a subset sees it as often as one on all the data sees all of it")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
+
+    def steps_for(self, n_examples: int) -> int:
+        """Optimizer steps when training on ``n_examples`` examples: ``steps``, or from ``epochs`` when set."""
+        import math
+
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
 
 class ModelConfig(_Strict):
@@ -102,8 +118,8 @@ class DesignConfig(_Strict):
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
 
-    form: Literal["activation", "logit", "input"] = Field(
-        "activation", description="activation (residual stream at `layer`), logit, or input (classifiers only)"
+    form: Literal["activation", "logit"] = Field(
+        "activation", description="activation (residual stream at `layer`) or logit"
     )
     layer: int | None = Field(None, description="decoder layer whose input is steered; None = round(2/3 depth)")
     rank: int = Field(16, ge=1)
@@ -193,16 +209,6 @@ class ContaminationConfig(_Strict):
     ngram: int = Field(5, ge=1)
 
 
-class EvaluationConfig(_Strict):
-    """Ground truth for the pipeline's own model: retrain its recipe on random subsets, score LDS."""
-
-    m: int = Field(64, ge=2, description="evaluation subsets (one retrain each; a Dagster partition each)")
-    fraction: float = Field(0.5, gt=0, lt=1)
-    seed: int = Field(1000, description="independent of the design seed")
-    baselines: list[str] = Field(default_factory=lambda: ["tfidf", "repsim", "grad_dot"])
-    lds_floor: float = Field(0.0, description="the LDS asset check fails when STRIDE's LDS is below this")
-
-
 class StrideConfig(_Strict):
     """Everything one attribution run needs."""
 
@@ -217,7 +223,13 @@ class StrideConfig(_Strict):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def with_(self, **sections: dict[str, Any]) -> "StrideConfig":
+        """A copy with some fields of some sections replaced, e.g. ``with_(design={"K": 128})``."""
+        data = self.model_dump()
+        for name, values in sections.items():
+            data[name].update(values)
+        return StrideConfig.model_validate(data)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -243,14 +255,37 @@ def profile_path(profile: str) -> Path:
     return path
 
 
-def load_config(profile: str = "default", overrides: dict[str, Any] | None = None) -> StrideConfig:
+# Profile sections that belong to the quality harness, not to the pipeline (engine/evaluation/config.py).
+HARNESS_SECTIONS = ("evaluation",)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile as loaded once: the pipeline's config and the harness's sections as written."""
+
+    name: str
+    config: StrideConfig
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def pipeline(self) -> StrideConfig:
+        """The config the pipeline's stages take (a spec's default ``configure``)."""
+        return self.config
+
+
+def load_profile(profile: str = "default", overrides: dict[str, Any] | None = None) -> Profile:
     """Read a profile and apply nested overrides, e.g. ``{"design": {"K": 128}}``."""
     raw = yaml.safe_load(profile_path(profile).read_text()) or {}
     merged = _deep_merge(raw, overrides or {})
+    sections = {name: merged.pop(name) or {} for name in HARNESS_SECTIONS if name in merged}
     try:
-        return StrideConfig.model_validate(merged)
+        return Profile(profile, StrideConfig.model_validate(merged), sections)
     except ValueError as exc:
         raise StrideConfigError(f"invalid stride config (profile {profile!r}): {exc}") from exc
+
+
+def load_config(profile: str = "default", overrides: dict[str, Any] | None = None) -> StrideConfig:
+    """The pipeline's config of a profile (see ``load_profile``)."""
+    return load_profile(profile, overrides).config
 
 
 def resolve_device(name: str) -> str:

@@ -13,11 +13,14 @@ folder is written whole in a temporary folder and renamed into place.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from stride_assets.engine.artifacts import atomic_dir, read_json, write_json
+from stride_assets.engine.artifacts import atomic_dir, file_digest, read_json, write_json
 from stride_assets.engine.errors import StrideInputError
 
 
@@ -46,3 +49,8 @@ def read_current(folder: Path, split: str) -> pl.DataFrame:
     if split not in current["splits"]:
         raise StrideInputError(f"dataset {folder} has splits {current['splits']}, not {split!r}")
     return pl.read_parquet(Path(current["path"]) / f"{split}.parquet")
+
+
+def inputs_version(inputs: list[Path], settings: dict[str, Any]) -> str:
+    """Version of a derived dataset: a hash of the files it was derived from and its settings."""
+    return file_digest(*inputs)[:8] + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:4]

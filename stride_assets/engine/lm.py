@@ -107,6 +107,13 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Ten
     return ids, mask
 
 
+def encode_batch(tokenizer: Any, texts: list[str], max_length: int, device: str | None = None) -> dict[str, torch.Tensor]:
+    """``encode`` as the batch dict the sites take (``input_ids``, ``attention_mask``), on ``device``."""
+    ids, mask = encode(tokenizer, texts, max_length)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
+
+
 def _freeze(model: PreTrainedModel) -> PreTrainedModel:
     model.eval()
     for p in model.parameters():

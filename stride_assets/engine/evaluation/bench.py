@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
+from stride_assets.engine.store import BenchFolder
 from stride_assets.engine.artifacts import atomic_path, write_json, write_parquet
-from stride_assets.engine.evaluation import stride_method
 from stride_assets.engine.evaluation.lds import lds, seed_agreement
 from stride_assets.engine.evaluation.meter import metered
 from stride_assets.engine.evaluation.task import Task, Trained, draw_subsets
@@ -57,13 +57,17 @@ class Protocol:
 
 @dataclass
 class MethodSpec:
-    """A method to score: a baseline from the registry, or a STRIDE variant, with a settings grid."""
+    """A method to score: a name in the methods registry (``method``, default: the name before any
+    ``:``), its fixed settings, and a grid of options chosen on the validation draw."""
 
     name: str
-    kind: str  # "baseline" or "stride"
-    settings: dict[str, Any] = field(default_factory=dict)  # fixed settings (baseline kwargs)
+    settings: dict[str, Any] = field(default_factory=dict)  # the method's settings (STRIDE: {"config": ...})
     grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # alternatives chosen on validation
-    stride: stride_method.StrideSettings | None = None
+    method: str | None = None
+
+    @property
+    def registry_name(self) -> str:
+        return self.method or self.name.split(":")[0]
 
 
 def ground_truth(task: Task, subsets: np.ndarray, seeds: int, first_seed: int,
@@ -91,8 +95,8 @@ def ground_truth(task: Task, subsets: np.ndarray, seeds: int, first_seed: int,
 
 def _truth_key(task: Task, subsets: np.ndarray, seeds: int, first_seed: int) -> str:
     h = hashlib.sha256()
-    for part in (task.name, repr(getattr(task, "recipe", None)), repr(task.example_ids), repr(task.query_ids),
-                 str(seeds), str(first_seed)):
+    for part in (task.name, repr(getattr(task, "recipe", None)), repr(getattr(task, "max_length", None)),
+                 repr(task.example_ids), repr(task.query_ids), str(seeds), str(first_seed)):
         h.update(part.encode())
         h.update(b"\0")
     h.update(np.packbits(subsets.astype(bool)).tobytes())
@@ -108,48 +112,28 @@ def noise_ceiling(task: Task, subsets: np.ndarray, losses_a: np.ndarray, seed_b:
     return {**seed_agreement(losses_a, b).as_dict(), "subsets": len(subsets)}
 
 
-def _score_baseline(task: Task, trained: Trained, spec: MethodSpec, split: str, settings: dict[str, Any]):
-    from stride_assets.engine.evaluation.methods import METHODS
-
-    return METHODS[spec.name.split(":")[0]](task, trained, split, **{**spec.settings, **settings})
-
-
 def _lds_of(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> float:
     value = lds(scores, subsets, losses).mean
     return -np.inf if np.isnan(value) else value
 
 
-def run_method(task: Task, trained: Trained, spec: MethodSpec, val: tuple[np.ndarray, np.ndarray],
-               log: Log) -> tuple[np.ndarray, dict[str, Any]]:
-    """Choose settings on the validation draw, then score the test queries. Returns scores and stats."""
+def run_method(task: Task, trained: Trained, spec: MethodSpec,
+               val: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cache the method, choose its option on the validation draw, then score the test queries."""
+    from stride_assets.engine.evaluation.methods import METHODS
+
     val_subsets, val_losses = val
-    n_test = len(task.query_ids["test"])
     with metered() as meter:
-        if spec.kind == "stride":
-            fitted = stride_method.fit(task, trained, spec.stride, log=log)
-            Y_val, _ = stride_method.measure(task, fitted, "val")
-            choices = []
-            for option in spec.grid:
-                rc = spec.stride.recovery.model_copy(update=option)
-                choices.append((_lds_of(stride_method.decode(Y_val, fitted, rc)[0], val_subsets, val_losses), option))
-            best_val, best = max(choices, key=lambda c: c[0])
-            Y, measure_s = stride_method.measure(task, fitted, "test")
-            scores, decode_s = stride_method.decode(Y, fitted, spec.stride.recovery.model_copy(update=best))
-            one_time, per_query = fitted.one_time_seconds, (measure_s + decode_s) / max(1, n_test)
-            extra = {"diagnostics": fitted.diagnostics,
-                     "final_losses": {k: v for k, v in fitted.log.rows[-1].items() if k != "step"} if fitted.log.rows else {}}
-        else:
-            choices = []
-            for option in spec.grid:
-                res = _score_baseline(task, trained, spec, "val", option)
-                choices.append((_lds_of(res.scores, val_subsets, val_losses), option))
-            best_val, best = max(choices, key=lambda c: c[0])
-            res = _score_baseline(task, trained, spec, "test", best)
-            scores, one_time, per_query, extra = res.scores, res.one_time_seconds, res.per_query_seconds, {}
-    stats = {"seconds": meter.seconds, "peak_rss_mb": meter.peak_rss_mb, "one_time_seconds": one_time,
-             "per_query_seconds": per_query, "chosen": best, "val_lds": best_val,
-             "grid": [{"setting": o, "val_lds": v} for v, o in choices], **extra}
-    return np.asarray(scores, dtype=np.float64), stats
+        method = METHODS[spec.registry_name](**spec.settings)
+        method.cache(task, trained)
+        choices = [(_lds_of(method.attribute("val", **option).scores, val_subsets, val_losses), option)
+                   for option in spec.grid]
+        best_val, best = max(choices, key=lambda c: c[0])
+        res = method.attribute("test", **best)
+    stats = {"seconds": meter.seconds, "peak_rss_mb": meter.peak_rss_mb, "one_time_seconds": res.one_time_seconds,
+             "per_query_seconds": res.per_query_seconds, "chosen": best, "val_lds": best_val,
+             "grid": [{"setting": o, "val_lds": v} for v, o in choices], **res.info}
+    return np.asarray(res.scores, dtype=np.float64), stats
 
 
 def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, log: Log,
@@ -196,6 +180,7 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     """
     p = protocol or Protocol()
     out = Path(out)
+    folder = BenchFolder(out)
     started = time.perf_counter()
     log(f"[{task.name}] base model on n={task.n}")
     with metered() as base_meter:
@@ -205,25 +190,25 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     val_subsets = draw_subsets(task.n, p.m_val, p.fraction, p.val_seed)
     log(f"[{task.name}] ground truth: {p.m} + {p.m_val} retrains x {p.seeds} seed(s)")
     with metered() as gt_meter:
-        truth = ground_truth(task, subsets, p.seeds, p.model_seed, cache=out / "cache")
-        val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed, cache=out / "cache")
+        truth = ground_truth(task, subsets, p.seeds, p.model_seed, cache=folder.file("cache"))
+        val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed, cache=folder.file("cache"))
         noisy = subsets[: p.noise_subsets]
         single = truth["test"][: p.noise_subsets] if p.seeds == 1 else ground_truth(
-            task, noisy, 1, p.model_seed, cache=out / "cache")["test"]
-        ceiling = noise_ceiling(task, noisy, single, p.noise_seed, cache=out / "cache")
+            task, noisy, 1, p.model_seed, cache=folder.file("cache"))["test"]
+        ceiling = noise_ceiling(task, noisy, single, p.noise_seed, cache=folder.file("cache"))
     ex_ids = np.asarray(task.example_ids, dtype=object)
     write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), subsets.sum(1)),
-                                "example_id": ex_ids[np.nonzero(subsets)[1]].tolist()}), out / "eval_subsets.parquet")
+                                "example_id": ex_ids[np.nonzero(subsets)[1]].tolist()}), folder.file("eval_subsets"))
     Q = len(task.query_ids["test"])
     write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), Q),
                                 "query_id": np.tile(np.asarray(task.query_ids["test"], dtype=object), p.m).tolist(),
-                                "loss": truth["test"].ravel()}), out / "retrained_losses.parquet")
+                                "loss": truth["test"].ravel()}), folder.file("retrained_losses"))
     report: dict[str, Any] = {}
     all_scores: dict[str, np.ndarray] = {}
     for spec in specs:
         log(f"[{task.name}] method {spec.name}")
         try:
-            scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]), log=lambda _: None)
+            scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]))
         except Exception as exc:  # one broken method must not sink the others; it is reported
             report[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"[{task.name}]   {spec.name} failed: {exc}")
@@ -231,16 +216,16 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         result = lds(scores, subsets, truth["test"])
         report[spec.name] = {**result.as_dict(), **stats}
         all_scores[spec.name] = scores
-        write_parquet(scores_frame(scores, task), out / "scores" / f"{spec.name}.parquet")
+        write_parquet(scores_frame(scores, task), folder.file("scores", spec.name))
         log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)")
     if removal and all_scores:
         chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}
-        report["removal"] = removal_test(task, chosen, p, log, cache=out / "cache")
+        report["removal"] = removal_test(task, chosen, p, log, cache=folder.file("cache"))
     report["noise_ceiling"] = ceiling
     report["base_model"] = {f"{split}_loss": v for split, v in base.items()} | {
         "train_seconds": base_meter.seconds, **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}
     report["protocol"] = {**asdict(p), "task": task.name, "n": task.n,
                           "queries": {s: len(ids) for s, ids in task.query_ids.items()},
                           "ground_truth_seconds": gt_meter.seconds, "total_seconds": time.perf_counter() - started}
-    write_json(report, out / "report.json")
+    write_json(report, folder.file("report"))
     return report

@@ -2,7 +2,7 @@
 
 Protocol (``run``)
 1. The pydoc LM task (``lm_task.pydoc_task``: its split, recipe and sizes, full or quick).
-2. ``contamination.plant_copies``: ``copies`` copies of a fraction of the test queries, exact
+2. ``planting.plant_copies``: ``copies`` copies of a fraction of the test queries, exact
    (``rates["exact"]``) or lightly edited (``rates["edited"]``), inserted at random positions of
    the training set; a new ``LMTask`` (tokenizer included) is built on the contaminated data.
 3. The base model is trained on it with the task's recipe (no retraining: the answer is known).
@@ -11,8 +11,8 @@ Protocol (``run``)
    made here to choose it) and the registry's ``repsim``, ``grad_dot`` and ``tfidf`` with their
    default settings. TF-IDF matches words, so on copies it is a textual upper reference rather
    than a model-based attribution.
-5. ``recall_at_k`` of the planted copies per method, and ``contamination.audit`` of each method's
-   scores (how many flags, how many of them planted copies).
+5. ``planting.recall_at_k`` of the planted copies per method, and ``contamination.audit`` (the
+   pipeline's audit) of each method's scores (how many flags, how many of them planted copies).
 
 Outputs (in ``out``): report.json ({method: {recall_at_k, recall_at_k_by_kind, k, planted,
 rates, seconds, audit}, "base_model": ..., "protocol": ...}), planted.parquet, scores/<method>.parquet
@@ -31,8 +31,9 @@ import polars as pl
 
 from stride_assets.engine import contamination
 from stride_assets.engine import plots
+from stride_assets.engine.store import BenchFolder
 from stride_assets.engine.artifacts import atomic_path, read_json, write_json, write_parquet
-from stride_assets.engine.evaluation import stride_method
+from stride_assets.engine.evaluation import planting
 from stride_assets.engine.evaluation.bench import scores_frame
 from stride_assets.engine.evaluation.lm_task import SPLITS, LMTask, pydoc_task
 from stride_assets.engine.evaluation.meter import metered
@@ -60,28 +61,28 @@ class Scenario:
 def contaminated_task(scenario: Scenario, quick: bool) -> tuple[LMTask, pl.DataFrame]:
     """The pydoc task with copies of some test queries planted in its training set, and the plants."""
     clean = pydoc_task(seed=scenario.seed, quick=quick)
-    texts, ids, planted = contamination.plant_copies(
+    texts, ids, planted = planting.plant_copies(
         clean.texts(None), clean.example_ids, clean.texts("test"), clean.query_ids["test"], scenario.rates,
         scenario.copies, seed=scenario.seed + 1, edit_rate=scenario.edit_rate)
-    task = LMTask(texts, {s: clean.texts(s) for s in SPLITS}, clean.recipe, name="pydoc-contaminated",
-                  example_ids=ids, query_ids=clean.query_ids)
+    task = LMTask(texts, {s: clean.texts(s) for s in SPLITS}, clean.recipe, max_length=clean.max_length,
+                  name="pydoc-contaminated", example_ids=ids, query_ids=clean.query_ids)
     return task, planted
 
 
 def score(task: LMTask, trained: Trained, method: str, quick: bool) -> np.ndarray:
     """Test-query scores (Q, n) of STRIDE (``STRIDE``) or of a registry baseline, default settings."""
-    if method == STRIDE:
-        fitted = stride_method.fit(task, trained, lm_stride(quick)[STRIDE])
-        return stride_method.decode(stride_method.measure(task, fitted, "test")[0], fitted)[0]
-    from stride_assets.engine.evaluation.methods import METHODS
+    from stride_assets.engine.evaluation.methods import score_method
 
-    return METHODS[method](task, trained, "test").scores
+    if method == STRIDE:
+        return score_method("stride", task, trained, "test", config=lm_stride(quick)[STRIDE]).scores
+    return score_method(method, task, trained, "test").scores
 
 
 def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: Log = print) -> dict[str, Any]:
     """Run the scenario and write its files under ``out``; returns the report as read back from report.json."""
     sc = scenario or Scenario()
     out = Path(out)
+    folder = BenchFolder(out)
     started = time.perf_counter()
     task, planted = contaminated_task(sc, quick)
     log(f"[contamination] {planted.height} copies of {planted['query_id'].n_unique()} test queries planted; "
@@ -95,7 +96,7 @@ def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: L
         log(f"[contamination] method {method}")
         with metered() as meter:
             scores = score(task, trained, method, quick)
-        recall = contamination.recall_at_k(scores, task.query_ids["test"], task.example_ids, planted, sc.ks, sc.seed)
+        recall = planting.recall_at_k(scores, task.query_ids["test"], task.example_ids, planted, sc.ks, sc.seed)
         frame = scores_frame(scores, task)
         leaks = contamination.audit(frame, queries, corpus, sc.audit_k, sc.min_overlap, sc.ngram, seed=sc.seed)
         found = leaks.join(planted, on=["query_id", "example_id"], how="semi").height
@@ -103,13 +104,13 @@ def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: L
                           "k": sc.ks, "planted": planted.height, "rates": sc.rates, "seconds": meter.seconds,
                           "audit": {"flagged": leaks.height, "planted_flagged": found,
                                     "other_flagged": leaks.height - found}}
-        write_parquet(frame, out / "scores" / f"{method}.parquet")
+        write_parquet(frame, folder.file("scores", method))
         if method == STRIDE:
-            write_parquet(leaks, out / "audit.parquet")
-            with atomic_path(out / "audit.md") as tmp:
+            write_parquet(leaks, folder.file("audit"))
+            with atomic_path(folder.file("audit_summary")) as tmp:
                 tmp.write_text(contamination.audit_markdown(leaks) + "\n")
         log(f"[contamination]   {method}: recall@k {recall['recall_at_k']} ({meter.seconds:.1f}s)")
-    write_parquet(planted, out / "planted.parquet")
+    write_parquet(planted, folder.file("planted"))
     losses = pl.DataFrame({"query_id": task.query_ids["test"], "loss": task.query_losses(trained.model, "test")})
     by_kind = losses.join(planted.unique("query_id").select("query_id", "kind"), on="query_id", how="left")
     report["base_model"] = {"train_seconds": base_meter.seconds, **trained.info, "test_loss_by_kind": {
@@ -118,11 +119,11 @@ def run(out: Path, quick: bool = False, scenario: Scenario | None = None, log: L
                           "n_clean": task.n - planted.height, "queries": len(task.query_ids["test"]),
                           "contaminated": planted["query_id"].n_unique(), "stride": lm_stride(quick)[STRIDE].model_dump(),
                           "total_seconds": time.perf_counter() - started}
-    write_json(report, out / "report.json")
+    write_json(report, folder.file("report"))
     plots.curves({m: [(int(k), v) for k, v in report[m]["recall_at_k"].items()] for m in methods(report)},
-                 out / "recall_curves.png", "recall of planted copies", xlabel="k (most influential examples)",
+                 folder.file("recall_curves"), "recall of planted copies", xlabel="k (most influential examples)",
                  marker="o")
-    return read_json(out / "report.json")  # as written: JSON keys (k as strings, "1", "5", ...)
+    return read_json(folder.file("report"))  # as written: JSON keys (k as strings, "1", "5", ...)
 
 
 def methods(report: dict[str, Any]) -> list[str]:
@@ -133,7 +134,7 @@ def table(report: dict[str, Any]) -> str:
     """Markdown of a report as written: recall@k per method (overall, then per kind at the largest k),
     audit flags (of which planted copies), seconds."""
     ks = report["protocol"]["ks"]
-    kinds = [k for k in contamination.KINDS if report["protocol"]["rates"].get(k)]
+    kinds = [k for k in planting.KINDS if report["protocol"]["rates"].get(k)]
     top = max(ks)
     head = [f"recall@{k}" for k in ks] + [f"{kind}@{top}" for kind in kinds] + ["audit flags (planted)", "seconds"]
     lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
@@ -150,16 +151,11 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
-    """One MLflow run: recall@k per method (and per kind) as metrics; report and audit as artifacts.
+def tracked_run(report: dict[str, Any], out: Path) -> "TrackedRun":
+    """What to log: recall@k per method (and per kind) as metrics (named ``<method>.<metric>`` like
+    the LDS benchmarks'), the table; report.json, audit.md and the recall curves as files."""
+    from stride_assets.engine.evaluation.report import TrackedRun
 
-    ``report.log_to_mlflow`` expects LDS reports, so the metrics are named here the same way
-    (``<method>.<metric>``) and the rest goes through the same ``tracking.log_run``.
-    """
-    from stride_assets import tracking
-
-    client = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
     metrics: dict[str, float] = {}
     for name in methods(report):
         s = report[name]
@@ -168,7 +164,6 @@ def log_to_mlflow(report: dict[str, Any], out: Path, tracking_uri: str, experime
                     for kind, r in s["recall_at_k_by_kind"].items() for k, v in r.items()}
         metrics |= {f"{name}.seconds": s["seconds"], f"{name}.audit_flagged": s["audit"]["flagged"]}
     params = {k: v for k, v in report["protocol"].items() if k != "stride"}
-    return tracking.log_run(client, exp_id, "bench contamination", {"stride_bench": "contamination"}, params=params,
-                            metrics=metrics, texts={"table.md": table(report)},
-                            artifacts={"": [Path(out) / "report.json", Path(out) / "audit.md",
-                                            Path(out) / "recall_curves.png"]})
+    return TrackedRun("bench contamination", {"stride_bench": "contamination"}, params, metrics,
+                      texts={"table.md": table(report)},
+                      files=[BenchFolder(out).file(a) for a in ("report", "audit_summary", "recall_curves")])

@@ -23,49 +23,46 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from stride_assets.engine import pipeline
-from stride_assets.engine.artifacts import Store, write_json
+from stride_assets.engine import pipeline, registry
+from stride_assets.engine.artifacts import write_json
 from stride_assets.engine.config import load_config
 from stride_assets.engine.corpus import load_passages
 from stride_assets.engine.shards import DEFAULT_BATCH
+from stride_assets.engine.stages import STAGES as SPECS
+from stride_assets.engine.store import BenchFolder, Store
 
 SHARED = ("base_model", "query_set")  # frozen model and queries: built once, outside both timings
+TARGET = "curated_dataset"  # what is timed: the blocks a corpus change re-runs up to the curated dataset
 
 
 def _timed_blocks(cfg, store: Store, shards: list[str], log: Callable[[str], None]) -> dict[str, float]:
-    """Run every block of the given shards, then the batch's recovery and the curation; seconds per stage."""
+    """The stages that make ``TARGET`` (but the shared ones), on the blocks of the given shards (and the
+    default batch) only, in the stage table's order; seconds per stage."""
     seconds: dict[str, float] = {}
-    quiet = lambda _: None  # noqa: E731
-    for stage in ("training_corpus", "subset_design", "steering_operators"):
+    timed = registry.upstream(SPECS, TARGET) - set(SHARED) | {TARGET}
+    for stage in [s for s in pipeline.STAGES if s in timed]:
         start = time.perf_counter()
-        for shard in shards:
-            pipeline.run_stage(stage, cfg, store, quiet, shard=shard)
-        seconds[stage] = time.perf_counter() - start
-    start = time.perf_counter()
-    for shard in shards:
-        pipeline.run_stage("perturbation_matrix", cfg, store, quiet, shard=shard, batch=DEFAULT_BATCH)
-    seconds["perturbation_matrix"] = time.perf_counter() - start
-    for stage, keys in (("influence_scores", {"batch": DEFAULT_BATCH}), ("curated_dataset", {})):
-        start = time.perf_counter()
-        pipeline.run_stage(stage, cfg, store, quiet, **keys)
+        for keys in pipeline.blocks(stage, cfg):
+            if keys.get("shard", shards[0]) in shards and keys.get("batch", DEFAULT_BATCH) == DEFAULT_BATCH:
+                pipeline.run_stage(stage, cfg, store, lambda _: None, **keys)
         seconds[stage] = time.perf_counter() - start
     log(f"  {len(shards)} shard(s): " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return seconds
 
 
 def _scores(store: Store) -> pl.DataFrame:
-    return pl.read_parquet(store.path("influence_scores", "scores.parquet", DEFAULT_BATCH)).select(
-        "query_id", "example_id", "score")
+    return store.read_scores([DEFAULT_BATCH]).select("query_id", "example_id", "score")
 
 
 def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: float = 0.1,
         log: Callable[[str], None] = print) -> dict:
     out = Path(out)
+    folder = BenchFolder(out)
     profile = "micro" if quick else "default"
     passages = load_passages(load_config(profile).corpus)
     per_shard = int(passages.height * (1 - append_fraction) // base_shards)
     n_new = max(8, round(append_fraction * per_shard * base_shards))
-    data = out / "data"
+    data = folder.file("data")
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     names = [f"shard-{i:02d}" for i in range(base_shards)]
@@ -73,13 +70,14 @@ def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: f
         passages[i * per_shard:(i + 1) * per_shard].select("text").write_parquet(data / f"{name}.parquet")
     cfg = load_config(profile, {"corpus": {"source": "files", "paths": [str(data)], "max_examples": None,
                                            "shard_size": int(per_shard)}})
-    inc_store, full_store = Store(out / "store-incremental"), Store(out / "store-full")
+    inc_store, full_store = Store(folder.file("store", "incremental")), Store(folder.file("store", "full"))
     for folder in (inc_store.root, full_store.root):
         shutil.rmtree(folder, ignore_errors=True)
     log(f"[incremental] {profile} profile: {base_shards} shards of {per_shard} passages, appending {n_new}")
     start = time.perf_counter()
     for stage in SHARED:
-        pipeline.run_stage(stage, cfg, inc_store, lambda _: None, **({"batch": DEFAULT_BATCH} if stage == "query_set" else {}))
+        pipeline.run_stage(stage, cfg, inc_store, lambda _: None,
+                           **{k: DEFAULT_BATCH for k in pipeline.spec(stage).keys})  # both take no key or the batch
     shared_seconds = time.perf_counter() - start
     log("[incremental] initial attribution")
     initial = _timed_blocks(cfg, inc_store, names, log)
@@ -106,21 +104,19 @@ def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: f
         "max_abs_score_difference": diff, "nonzero_scores": {"incremental": a.height, "full": b.height},
         "target": "incremental_ratio <= 0.2",
     }
-    write_json(report, out / "report.json")
+    write_json(report, folder.file("report"))
     log(f"[incremental] incremental {report['incremental_seconds']:.1f}s vs full {report['full_seconds']:.1f}s: "
         f"ratio {report['incremental_ratio']:.3f} (target <= 0.2); max |score difference| {diff:.2e}")
     return report
 
 
-def log_to_mlflow(report: dict, out: Path, tracking_uri: str, experiment: str = "stride-bench") -> str:
-    """One MLflow run: the ratio, both timings and each stage's seconds as metrics; the report as an artifact."""
-    from stride_assets import tracking
+def tracked_run(report: dict, out: Path) -> "TrackedRun":
+    """What to log: the ratio, both timings and each stage's seconds as metrics; report.json as a file."""
+    from stride_assets.engine.evaluation.report import TrackedRun
 
-    client = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(client, experiment, tracking.default_artifact_root(tracking_uri))
     metrics = {k: float(report[k]) for k in ("incremental_ratio", "incremental_seconds", "full_seconds",
                                               "max_abs_score_difference")}
     metrics |= {f"{phase}.{stage}": s for phase, stages in report["stages"].items() for stage, s in stages.items()}
     params = {k: report[k] for k in ("n_base", "n_appended", "base_shards", "profile")}
-    return tracking.log_run(client, exp_id, "bench incremental", {"stride_bench": "incremental"}, params=params,
-                            metrics=metrics, texts={}, artifacts={"": [Path(out) / "report.json"]})
+    return TrackedRun("bench incremental", {"stride_bench": "incremental"}, params, metrics,
+                      files=[BenchFolder(out).file("report")])

@@ -4,16 +4,26 @@
     pydoc-gpt             the embedded Python docs, a small GPT-2 trained here, STRIDE in activation (and logit) form
     PATH --label COL      any tabular parquet/csv: numeric features + label column, MLP
     PATH --text COL       any text parquet/jsonl: a small GPT-2 trained on it
+
+``BENCHES`` is what ``stride bench NAME`` can run: those suites (any other NAME is a data file), and
+the ``contamination`` and ``incremental`` scenarios; ``run_bench`` runs one and hands what to log to
+a ``track`` callback (the harness never imports MLflow).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
+from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.errors import StrideInputError
+from stride_assets.engine.store import BenchFolder
+from stride_assets.engine.evaluation import report
 from stride_assets.engine.evaluation.bench import MethodSpec, Protocol
-from stride_assets.engine.evaluation.stride_method import StrideSettings
+from stride_assets.engine.evaluation.report import TrackedRun
 from stride_assets.engine.evaluation.task import Task
 
 LAMBDA_GRID = [{"lambda_ratio": r} for r in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
@@ -33,16 +43,16 @@ def baseline_specs(task: Task, model_probe=None) -> list[MethodSpec]:
 
     grids = {"logra": DAMPING_GRID, "if_exact": DAMPING_GRID,
              "tfidf": [{"on": "words"}, {"on": "token_ids"}] if hasattr(task, "token_ids") else [{"on": "words"}]}
-    return [MethodSpec(name, "baseline", grid=grids.get(name, [{}])) for name in applicable(task, model_probe)]
+    return [MethodSpec(name, grid=grids.get(name, [{}])) for name in applicable(task, model_probe)]
 
 
-def classifier_stride(quick: bool) -> dict[str, StrideSettings]:
+def classifier_stride(quick: bool) -> dict[str, StrideConfig]:
     """STRIDE on an MLP classifier: logit form, and the hidden-layer (activation) form.
 
     K, d and rank were chosen on the digits validation draw (benchmarks/ablation_digits.json):
     rank 16 -> 64 raised validation LDS 0.48 -> 0.53, K 512/d 16 -> K 1024/d 32 to 0.56.
     """
-    base = StrideSettings().with_(
+    base = StrideConfig().with_(
         design={"K": 256 if quick else 1024, "d": 16 if quick else 32},
         operators={"form": "logit", "rank": 64},
         training={"steps": 100 if quick else 250, "batch_size": 2048, "lr": 1e-2, "stability_weight": 1.0},
@@ -51,9 +61,9 @@ def classifier_stride(quick: bool) -> dict[str, StrideSettings]:
     return {"stride_logit": base, "stride_hidden": base.with_(operators={"form": "activation"})}
 
 
-def lm_stride(quick: bool) -> dict[str, StrideSettings]:
+def lm_stride(quick: bool) -> dict[str, StrideConfig]:
     """STRIDE on a small GPT-2: activation form at the default layer, and the logit form."""
-    base = StrideSettings().with_(
+    base = StrideConfig().with_(
         design={"K": 64 if quick else 256, "d": 4 if quick else 8},
         operators={"form": "activation", "rank": 16},
         training={"steps": 100 if quick else 1000, "batch_size": 32},
@@ -62,14 +72,14 @@ def lm_stride(quick: bool) -> dict[str, StrideSettings]:
     return {"stride": base, "stride_logit": base.with_(operators={"form": "logit"})}
 
 
-def _specs(task: Task, stride: dict[str, StrideSettings], stride_seeds: int) -> list[MethodSpec]:
+def _specs(task: Task, stride: dict[str, StrideConfig], stride_seeds: int) -> list[MethodSpec]:
     """STRIDE variants (one per seed when stride_seeds > 1: name_s0, name_s1, ...) and the baselines."""
     strides = []
     for name, settings in stride.items():
         for seed in range(stride_seeds):
             seeded = settings.with_(design={"seed": seed}, training={"seed": seed}) if seed else settings
-            strides.append(MethodSpec(f"{name}_s{seed}" if stride_seeds > 1 else name, "stride", grid=LAMBDA_GRID,
-                                      stride=seeded))
+            strides.append(MethodSpec(f"{name}_s{seed}" if stride_seeds > 1 else name, {"config": seeded},
+                                      grid=LAMBDA_GRID, method="stride"))
     return strides + baseline_specs(task)
 
 
@@ -80,27 +90,151 @@ def build(name: str, *, quick: bool = False, label: str | None = None, text: str
           seed: int = 0, stride_seeds: int = 1) -> Suite:
     """The suite for a benchmark name or a user data path (STRIDE repeated over ``stride_seeds`` seeds)."""
     protocol = replace(QUICK) if quick else Protocol()
-    if name == "digits-mlp":
-        from stride_assets.engine.evaluation.classifier import digits_task
+    task, stride = SUITES[name](quick, seed) if name in SUITES else _file_task(name, label, text, quick, seed)
+    return Suite(task, _specs(task, stride, stride_seeds), protocol)
 
-        task = digits_task(seed=seed)
-        return Suite(task, _specs(task, classifier_stride(quick), stride_seeds), protocol)
-    if name == "pydoc-gpt":
-        from stride_assets.engine.evaluation.lm_task import pydoc_task
 
-        task = pydoc_task(seed=seed, quick=quick)
-        return Suite(task, _specs(task, lm_stride(quick), stride_seeds), protocol)
-    path = Path(name)
-    if not path.exists():
-        raise StrideInputError(f"unknown benchmark {name!r}: use digits-mlp, pydoc-gpt, or a data file path")
+def _digits(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
+    from stride_assets.engine.evaluation.tabular import digits_task
+
+    return digits_task(seed=seed), classifier_stride(quick)
+
+
+def _pydoc(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
+    from stride_assets.engine.evaluation.lm_task import pydoc_task
+
+    return pydoc_task(seed=seed, quick=quick), lm_stride(quick)
+
+
+def _data_file(name: str) -> Path:
+    """A benchmark name that is not registered must be a data file."""
+    if not Path(name).exists():
+        raise StrideInputError(f"unknown benchmark {name!r}: use {', '.join(BENCHES)}, or a data file path")
+    return Path(name)
+
+
+def _file_task(name: str, label: str | None, text: str | None, quick: bool,
+               seed: int) -> tuple[Task, dict[str, StrideConfig]]:
+    """A user file: tabular with ``label`` (an MLP), or text with ``text`` (a small GPT-2)."""
+    path = _data_file(name)
     if (label is None) == (text is None):
-        raise StrideInputError(f"benchmark on a file needs exactly one of --label COL (tabular) or --text COL (text)")
+        raise StrideInputError("benchmark on a file needs exactly one of --label COL (tabular) or --text COL (text)")
     if label is not None:
-        from stride_assets.engine.evaluation.classifier import tabular_task
+        from stride_assets.engine.evaluation.tabular import tabular_task
 
-        task = tabular_task(path, label, seed=seed)
-        return Suite(task, _specs(task, classifier_stride(quick), stride_seeds), protocol)
+        return tabular_task(path, label, seed=seed), classifier_stride(quick)
     from stride_assets.engine.evaluation.lm_task import text_task
 
-    task = text_task(path, text, seed=seed)
-    return Suite(task, _specs(task, lm_stride(quick), stride_seeds), protocol)
+    return text_task(path, text, seed=seed), lm_stride(quick)
+
+
+SUITES: dict[str, Callable[[bool, int], tuple[Task, dict[str, StrideConfig]]]] = {
+    "digits-mlp": _digits, "pydoc-gpt": _pydoc}
+
+
+# --- the ``stride bench`` registry ---------------------------------------------------------------
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``stride bench`` was asked for; each benchmark reads the options that apply to it."""
+
+    quick: bool = False
+    seed: int = 0
+    label: str | None = None  # a user file: its label column (tabular) ...
+    text: str | None = None  # ... or its text column
+    stride_seeds: int = 1
+    methods: list[str] | None = None  # None: every applicable method
+    removal: bool = True
+    removal_methods: list[str] | None = None
+    removal_ks: list[int] | None = None
+
+
+def _report_path(result: dict[str, Any], out: Path) -> str:
+    return f"report: {BenchFolder(out).file('report')}"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One ``stride bench NAME``: how it runs (into ``out``, returning its report), the table printed
+    after it (None: none), what experiment-tracking run it asks for, and its closing line."""
+
+    run: Callable[[str, Path, BenchOptions, Log], dict[str, Any]]
+    tracked_run: Callable[[dict[str, Any], Path], TrackedRun]
+    table: Callable[[dict[str, Any]], str] | None = None
+    summary: Callable[[dict[str, Any], Path], str] = _report_path
+    modes: tuple[str, str] = ("full protocol", "quick protocol")  # the header's word for full and --quick
+
+
+def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
+    """LDS against real retraining: a named suite or a user file, the chosen methods and removal protocol."""
+    from stride_assets.engine.evaluation.bench import run_benchmark
+
+    suite = build(name, quick=options.quick, label=options.label, text=options.text, seed=options.seed,
+                  stride_seeds=options.stride_seeds)
+    specs = suite.specs
+    if options.methods:
+        unknown = set(options.methods) - {s.name for s in specs}
+        if unknown:
+            raise StrideInputError(f"unknown or inapplicable methods {sorted(unknown)}; "
+                                   f"available: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in options.methods]
+    protocol = suite.protocol
+    if options.removal_methods:
+        protocol = replace(protocol, removal_methods=list(options.removal_methods))
+    if options.removal_ks:
+        protocol = replace(protocol, removal_ks=list(options.removal_ks))
+    return run_benchmark(suite.task, specs, out, protocol, log=log, removal=options.removal)
+
+
+def _late(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported when called (the scenario modules import this one at load time)."""
+
+    def call(*args: Any) -> Any:
+        return getattr(import_module(f"stride_assets.engine.evaluation.{module}"), name)(*args)
+
+    return call
+
+
+def _contamination(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
+    from stride_assets.engine.evaluation import contamination_bench
+
+    return contamination_bench.run(out, options.quick, contamination_bench.Scenario(seed=options.seed), log=log)
+
+
+def _incremental(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
+    from stride_assets.engine.evaluation import incremental_bench
+
+    return incremental_bench.run(out, quick=options.quick, log=log)
+
+
+LDS = Bench(_lds, report.tracked_run, report.table)  # the named suites, and any data file (--label / --text)
+BENCHES: dict[str, Bench] = {
+    **{name: LDS for name in SUITES},
+    "contamination": Bench(_contamination, _late("contamination_bench", "tracked_run"),
+                           _late("contamination_bench", "table"), modes=("full", "quick"),
+                           summary=lambda r, out: f"{_report_path(r, out)}; suspected leaks: "
+                                                  f"{BenchFolder(out).file('audit_summary')}"),
+    "incremental": Bench(_incremental, _late("incremental_bench", "tracked_run"), modes=("full", "quick"),
+                         summary=lambda r, out: f"incremental_ratio {r['incremental_ratio']:.3f}; "
+                                                f"{_report_path(r, out)}"),
+}
+
+
+def run_bench(name: str, out: Path, options: BenchOptions, log: Log = print,
+              track: Callable[[TrackedRun], Any] | None = None) -> dict[str, Any]:
+    """``stride bench NAME`` (a registry name, else a data file): run it into ``out`` and log its table;
+    ``track`` (e.g. an MLflow logger) receives what to record; the closing line is logged last."""
+    if name not in BENCHES:
+        _data_file(name)  # fails now, before the header, for a name that is neither registered nor a file
+    bench = BENCHES.get(name, LDS)
+    log(f"stride bench {name} ({bench.modes[int(options.quick)]}) -> {out}")
+    result = bench.run(name, out, options, log)
+    if bench.table is not None:
+        log("\n" + bench.table(result))
+    if track is not None:
+        track(bench.tracked_run(result, out))
+    log(bench.summary(result, out))
+    return result

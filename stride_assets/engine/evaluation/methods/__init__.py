@@ -1,7 +1,10 @@
-"""Baseline attribution methods of the quality harness, all written against the ``Task`` protocol.
+"""Every attribution method of the quality harness, behind one interface (``AttributionMethod``:
+``cache(task, trained)`` once, then ``attribute(split, **option) -> MethodResult`` with scores
+(Q, n); a positive score means training on the example lowers the query's loss).
 
-Every method is ``method(task, trained, split, **settings) -> MethodResult`` with scores (Q, n):
-a positive score means training on the example lowers the query's loss.
+``METHODS`` maps a name to a factory of the method (its settings as keyword arguments). The
+baselines are functions ``fn(task, trained, split, **settings)`` wrapped as ``FunctionMethod``;
+STRIDE is ``StrideMethod`` (``stride.py``, over the engine's facade).
 
 | name | family | module |
 |---|---|---|
@@ -9,15 +12,16 @@ a positive score means training on the example lowers the query's loss.
 | repsim, tfidf | similarity of representations / of texts | similarity |
 | if_exact | exact influence function on the last linear layer | influence |
 | dattri_trak_1, dattri_trak_5 | dattri's TRAK (optional dependency) | dattri_methods |
+| stride | STRIDE: sparse recovery from subset perturbations (``config=StrideConfig``) | stride |
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
-from stride_assets.engine.evaluation.methods.base import MethodResult
+from stride_assets.engine.evaluation.methods.base import AttributionMethod, FunctionMethod, MethodResult
 from stride_assets.engine.evaluation.methods.dattri_methods import (
     dattri_available,
     dattri_lds,
@@ -34,11 +38,10 @@ from stride_assets.engine.evaluation.methods.gradients import (
 )
 from stride_assets.engine.evaluation.methods.influence import IF_EXACT_MAX_PARAMS, if_exact, last_layer_size
 from stride_assets.engine.evaluation.methods.similarity import repsim, tfidf
-from stride_assets.engine.evaluation.task import Task
+from stride_assets.engine.evaluation.methods.stride import StrideMethod
+from stride_assets.engine.evaluation.task import Task, Trained
 
-Method = Callable[..., MethodResult]
-
-METHODS: dict[str, Method] = {
+BASELINES: dict[str, Callable[..., MethodResult]] = {
     "grad_dot": grad_dot,
     "grad_cos": grad_cos,
     "tracin": tracin,
@@ -51,8 +54,28 @@ METHODS: dict[str, Method] = {
 }
 
 
+def _function_method(fn: Callable[..., MethodResult]) -> Callable[..., AttributionMethod]:
+    def make(**settings: Any) -> AttributionMethod:
+        return FunctionMethod(fn, settings)
+
+    return make
+
+
+METHODS: dict[str, Callable[..., AttributionMethod]] = {
+    **{name: _function_method(fn) for name, fn in BASELINES.items()},
+    "stride": StrideMethod,
+}
+
+
+def score_method(name: str, task: Task, trained: Trained, split: str, **settings: Any) -> MethodResult:
+    """One method, cached on ``task`` and run on one split: the shortest way to its scores."""
+    method = METHODS[name](**settings)
+    method.cache(task, trained)
+    return method.attribute(split)
+
+
 def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
-    """The registry's methods that apply to ``task`` (in registry order).
+    """The registry's baselines that apply to ``task`` (in registry order; STRIDE is configured per suite).
 
     - tfidf: only for tasks with texts;
     - if_exact: only for classifiers whose last linear layer has at most ``IF_EXACT_MAX_PARAMS`` parameters
@@ -65,7 +88,7 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
     if model is None and hasattr(task, "new_model"):
         model = task.new_model()
     names = []
-    for name in METHODS:
+    for name in BASELINES:
         if name == "tfidf" and task.texts(None) is None:
             continue
         if name == "if_exact" and (
@@ -82,6 +105,11 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
 
 __all__ = [
     "METHODS",
+    "BASELINES",
+    "AttributionMethod",
+    "FunctionMethod",
+    "StrideMethod",
+    "score_method",
     "CountSketch",
     "MethodResult",
     "applicable",

@@ -1,4 +1,6 @@
-"""What every baseline returns, and the small pieces they share (timing, batching, damped solves).
+"""The one interface of every attribution method (``AttributionMethod``: ``cache`` once, then
+``attribute`` a query split), what it returns, and the small pieces the baselines share (timing,
+batching, damped solves).
 
 Sign convention (as everywhere in the harness): ``scores[q, i] > 0`` means that training on
 example ``i`` *lowers* the loss of query ``q``.
@@ -6,10 +8,9 @@ example ``i`` *lowers* the loss of query ``q``.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from stride_assets.engine.backbone import Batch
 from stride_assets.engine.errors import StrideConfigError, StrideNumericalError
+from stride_assets.engine.stride import accumulate
 
 
 @dataclass
@@ -35,19 +37,47 @@ class MethodResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class AttributionMethod(Protocol):
+    """One attribution method on one task (dattri's ``cache`` / ``attribute``).
+
+    ``cache`` does the query-independent work once (features, operators, gradients of the training
+    set, ...); ``attribute`` scores one query split. ``option`` holds the settings a method may
+    choose on the validation draw without redoing ``cache`` (e.g. STRIDE's Lasso lambda).
+    """
+
+    def cache(self, task: Any, trained: Any) -> None: ...
+
+    def attribute(self, split: str, **option: Any) -> MethodResult: ...
+
+
+@dataclass
+class FunctionMethod:
+    """A method written as one function ``fn(task, trained, split, **settings) -> MethodResult``
+    (every baseline): ``cache`` keeps the task and model, ``attribute`` calls the function."""
+
+    fn: Callable[..., MethodResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    _cached: tuple[Any, Any] | None = None
+
+    def cache(self, task: Any, trained: Any) -> None:
+        self._cached = (task, trained)
+
+    def attribute(self, split: str, **option: Any) -> MethodResult:
+        if self._cached is None:
+            raise RuntimeError(f"{self.fn.__name__}: call cache(task, trained) before attribute")
+        task, trained = self._cached
+        return self.fn(task, trained, split, **{**self.settings, **option})
+
+
 class Clock:
     """Accumulates wall seconds under two keys, ``one_time`` and ``per_query``."""
 
     def __init__(self) -> None:
         self.seconds = {"one_time": 0.0, "per_query": 0.0}
 
-    @contextmanager
-    def __call__(self, key: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[key] += time.perf_counter() - start
+    def __call__(self, key: str):
+        """A block timed into ``seconds[key]``."""
+        return accumulate(self.seconds, key)
 
     def add(self, key: str, seconds: float) -> None:
         self.seconds[key] += float(seconds)

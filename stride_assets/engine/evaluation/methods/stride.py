@@ -1,87 +1,76 @@
-"""STRIDE as a method of the quality harness: the engine's own pieces run on any ``Task``.
+"""STRIDE as a method of the quality harness (the same ``cache`` / ``attribute`` interface as every
+baseline), running the engine's facade (``engine/stride.py``) on any ``Task``.
 
-design -> operators trained on cached features -> responses of the queries -> Lasso.
-One-time cost: caching features, drawing the design, training the operators. Per-query cost:
-measurement and recovery. ``recover_variants`` re-decodes the same responses with other
-lambdas, which is how lambda is chosen on validation retrains without retraining operators.
+One-time cost (``cache``): caching features, drawing the design, training the operators.
+Per-query cost (``attribute``): measuring the split and the Lasso. ``attribute`` takes recovery
+settings as its option (e.g. ``lambda_ratio``): the responses of a split are measured once and
+re-decoded, which is how lambda is chosen on validation retrains without retraining operators.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from stride_assets.engine.backbone import encode_all
-from stride_assets.engine.config import DesignConfig, MeasureConfig, OperatorConfig, RecoveryConfig, TrainConfig
+from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.design import SubsetDesign, draw_design
+from stride_assets.engine.evaluation.methods.base import MethodResult
 from stride_assets.engine.evaluation.task import Task, Trained
-from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, top_direction_energy
-from stride_assets.engine.recovery import recover
-from stride_assets.engine.training import TrainLog, train_operators
+from stride_assets.engine.stride import Stride
+from stride_assets.engine.training import TrainLog
 
 
-class StrideSettings(BaseModel):
-    """Everything STRIDE needs besides the data and the model."""
+class StrideMethod:
+    """STRIDE with the settings of ``config`` (design, operators, training, measure, recovery)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    design: DesignConfig = Field(default_factory=DesignConfig)
-    operators: OperatorConfig = Field(default_factory=OperatorConfig)
-    training: TrainConfig = Field(default_factory=TrainConfig)
-    measure: MeasureConfig = Field(default_factory=MeasureConfig)
-    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    def __init__(self, config: StrideConfig | None = None, log: Callable[[str], None] = lambda _: None):
+        self.config = config or StrideConfig()
+        self.log = log
+        self.stride: Stride | None = None
+        self.design: SubsetDesign | None = None
+        self.bank: OperatorBank | None = None
+        self.trainlog: TrainLog | None = None
+        self._task: Task | None = None
+        self._responses: dict[str, tuple[np.ndarray, float]] = {}
 
-    def with_(self, **sections: dict) -> "StrideSettings":
-        """A copy with some fields of some sections replaced, e.g. with_(design={"K": 128})."""
-        data = self.model_dump()
-        for name, values in sections.items():
-            data[name].update(values)
-        return StrideSettings.model_validate(data)
+    def cache(self, task: Task, trained: Trained) -> None:
+        """Draw the design and train the operator bank on the task's training set."""
+        cfg = self.config
+        self.stride = Stride(task.site(trained.model, cfg.operators.form, cfg.operators.layer), cfg)
+        batch = task.train_batch()
+        feats = self.stride.cache_features(batch)
+        with self.stride.phase("fit"):
+            self.design = draw_design(task.n, cfg.design.K, cfg.design.d, cfg.design.seed)
+        self.bank, self.trainlog = self.stride.fit_operators(feats, batch, self.design, self.log)
+        self._task, self._responses = task, {}
 
+    @property
+    def one_time_seconds(self) -> float:
+        return self.stride.seconds["cache"] + self.stride.seconds["fit"] if self.stride else 0.0
 
-@dataclass
-class StrideFit:
-    """Trained operators on a task, ready to measure any query split."""
+    def responses(self, split: str) -> tuple[np.ndarray, float]:
+        """The (Q, K) responses of a query split (measured once) and the seconds they took."""
+        if split not in self._responses:
+            before = self.stride.seconds["measure"]
+            Y = self.stride.measure(self.bank, self._task.query_batch(split))
+            self._responses[split] = (Y, self.stride.seconds["measure"] - before)
+        return self._responses[split]
 
-    settings: StrideSettings
-    design: SubsetDesign
-    bank: OperatorBank
-    site: object
-    log: TrainLog
-    one_time_seconds: float
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    def decode(self, Y: np.ndarray, **option: Any) -> tuple[np.ndarray, float]:
+        """Dense (Q, n) influence from responses with the recovery settings updated by ``option``."""
+        before = self.stride.seconds["recover"]
+        rec = self.stride.recover(Y, self.design.membership, self.config.recovery.model_copy(update=option))
+        return rec.influence.toarray(), self.stride.seconds["recover"] - before
 
-
-def fit(task: Task, trained: Trained, settings: StrideSettings, log: Callable[[str], None] = lambda _: None) -> StrideFit:
-    """Draw the design and train the operator bank on the task's training set."""
-    start = time.perf_counter()
-    site = task.site(trained.model, settings.operators.form, settings.operators.layer)
-    batch = task.train_batch()
-    feats = encode_all(site, batch)
-    design = draw_design(task.n, settings.design.K, settings.design.d, settings.design.seed)
-    oc = settings.operators
-    bank = OperatorBank(design.K, site.in_dim, site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale,
-                        settings.training.seed)
-    bank.set_feature_stats(feats, batch.get("attention_mask"))
-    trainlog = train_operators(site, bank, feats, batch, design, settings.training, log)
-    return StrideFit(settings, design, bank, site, trainlog, time.perf_counter() - start,
-                     {"top_direction_energy": top_direction_energy(bank)})
-
-
-def measure(task: Task, fitted: StrideFit, split: str) -> tuple[np.ndarray, float]:
-    """Responses (Q, K) of one query split and the seconds they took."""
-    mc = fitted.settings.measure
-    start = time.perf_counter()
-    Y = responses(fitted.site, fitted.bank, task.query_batch(split), mc.mode, mc.query_batch, mc.operator_chunk)
-    return Y, time.perf_counter() - start
-
-
-def decode(Y: np.ndarray, fitted: StrideFit, recovery: RecoveryConfig | None = None) -> tuple[np.ndarray, float]:
-    """Dense (Q, n) influence from responses, and the seconds the Lasso took."""
-    start = time.perf_counter()
-    rec = recover(Y, fitted.design.membership, recovery or fitted.settings.recovery)
-    return rec.influence.toarray(), time.perf_counter() - start
+    def attribute(self, split: str, **option: Any) -> MethodResult:
+        if self.stride is None:
+            raise RuntimeError("StrideMethod: call cache(task, trained) before attribute")
+        Y, measure_s = self.responses(split)
+        scores, decode_s = self.decode(Y, **option)
+        rows = self.trainlog.rows
+        info = {"diagnostics": {"top_direction_energy": top_direction_energy(self.bank)},
+                "final_losses": {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}}
+        return MethodResult(scores, self.one_time_seconds, (measure_s + decode_s) / max(1, Y.shape[0]),
+                            {**self.config.recovery.model_dump(), **option}, info)

@@ -1,0 +1,74 @@
+"""The stages of a STRIDE run, one module each, and the one table that wires them (``STAGES``).
+
+    training_corpus[shard] -> subset_design[shard] -> steering_operators[shard] --\\
+    base_model ------------------------------------------------/                     perturbation_matrix[batch|shard]
+    query_set[batch] ----------------------------------------------------------------/        |
+    influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
+    curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
+
+Each stage module has ``run(cfg, store, log, **keys) -> StageResult``: it reads its inputs from
+the store, writes its named artifacts (atomically, with ``args.json`` beside them) and returns
+what the caller shows and tracks. The base model is frozen: it does not follow the corpus (the
+tiny default trains once on the shards present when it is built), so the query set and the base
+model read the corpus source rather than the training_corpus blocks.
+
+To add a stage: write ``stages/<name>.py`` with its ``run`` and add one ``StageSpec`` below.
+"""
+
+from __future__ import annotations
+
+from stride_assets.engine import checks
+from stride_assets.engine.registry import StageSpec
+from stride_assets.engine.stages import (
+    base_model,
+    contamination_report,
+    curated_dataset,
+    influence_scores,
+    perturbation_matrix,
+    query_set,
+    selected_dataset,
+    steering_operators,
+    subset_design,
+    training_corpus,
+)
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("base_model", base_model.run,
+              sections=("corpus", "model"), modules=("corpus", "shards", "lm", "losses"),
+              group="model", kinds=("pytorch", "transformers"), job="model"),
+    StageSpec("training_corpus", training_corpus.run, keys=("shard",), reads_source=True,
+              sections=("corpus",), modules=("corpus", "shards"),
+              group="data", kinds=("polars", "parquet"), job="shard"),
+    StageSpec("query_set", query_set.run, keys=("batch",), reads_source=True,
+              sections=("corpus", "queries"), modules=("corpus", "shards"),
+              group="data", kinds=("polars", "parquet"), job="queries"),
+    StageSpec("subset_design", subset_design.run, upstream=("training_corpus",), keys=("shard",),
+              sections=("design",), modules=("design", "shards"),
+              group="attribution", kinds=("numpy", "scipy"), job="shard"),
+    StageSpec("steering_operators", steering_operators.run,
+              upstream=("base_model", "subset_design", "training_corpus"), keys=("shard",),
+              sections=("operators", "training", "model"),
+              modules=("stride", "backbone", "operators", "training", "measure", "losses", "shards", "lm"),
+              group="attribution", kinds=("pytorch", "safetensors"), job="shard",
+              checks=(checks.operators_not_collapsed, checks.operators_favour_members)),
+    StageSpec("perturbation_matrix", perturbation_matrix.run,
+              upstream=("query_set", "steering_operators", "base_model"), keys=("shard", "batch"),
+              sections=("measure", "model"), modules=("stride", "backbone", "operators", "measure", "losses", "lm"),
+              group="attribution", kinds=("pytorch", "parquet"), eager=True, job="measure"),
+    StageSpec("influence_scores", influence_scores.run,
+              upstream=("perturbation_matrix", "subset_design", "training_corpus"), keys=("batch",),
+              sections=("recovery",), modules=("stride", "recovery"),
+              group="attribution", kinds=("scikitlearn", "parquet"), eager=True, job="recovery",
+              checks=(checks.influence_scores_usable,)),
+    StageSpec("curated_dataset", curated_dataset.run, upstream=("influence_scores", "training_corpus"),
+              sections=("curation",), modules=("curation", "datasets_out", "stages._derived"),
+              group="curation", kinds=("polars", "parquet"), eager=True, job="curation",
+              checks=(checks.curated_dataset_not_empty,)),
+    StageSpec("selected_dataset", selected_dataset.run, upstream=("influence_scores", "training_corpus", "query_set"),
+              sections=("selection",), modules=("selection", "datasets_out", "stages._derived"),
+              group="curation", kinds=("polars", "parquet"), eager=True, job="curation"),
+    StageSpec("contamination_report", contamination_report.run,
+              upstream=("influence_scores", "training_corpus", "query_set"),
+              sections=("contamination",), modules=("contamination",),
+              group="curation", kinds=("polars", "parquet"), eager=True, job="curation"),
+)

@@ -1,0 +1,79 @@
+"""Stage ``influence_scores[batch]``: one query batch's per-example influence, recovered over every shard."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from stride_assets.engine import plots
+from stride_assets.engine import shards as shards_mod
+from stride_assets.engine.artifacts import file_digest, write_parquet
+from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.result import StageResult, markdown_table
+from stride_assets.engine.store import Store
+from stride_assets.engine.stride import Stride
+
+SHOWN_QUERIES = 3  # queries whose top examples the result shows
+
+
+def influence_table(influence: sp.csr_matrix, query_ids: list[str], train: pl.DataFrame) -> pl.DataFrame:
+    """Long table of non-zero scores: query_id, example_id, example_index, score."""
+    coo = influence.tocoo()
+    return pl.DataFrame({
+        "query_id": np.asarray(query_ids, dtype=object)[coo.row].tolist(),
+        "example_index": coo.col.astype(np.int64),
+        "score": coo.data.astype(np.float32),
+    }).join(train.select(pl.col("example_index").cast(pl.Int64), "example_id"), on="example_index").select(
+        "query_id", "example_id", "example_index", "score")
+
+
+def top_k_table(scores: pl.DataFrame, train: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Each query's k highest positive scores with the passage text."""
+    return (
+        scores.filter(pl.col("score") > 0)
+        .with_columns(pl.col("score").rank("ordinal", descending=True).over("query_id").alias("rank"))
+        .filter(pl.col("rank") <= k)
+        .join(train.select("example_id", "text"), on="example_id")
+        .sort(["query_id", "rank"])
+        .select("query_id", "rank", "example_id", "score", "text")
+    )
+
+
+def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str) -> StageResult:
+    """Per-query Lasso recovery of per-example influence for one query batch, over every shard."""
+    rc = cfg.recovery
+    shard_list = shards_mod.shard_names(cfg.corpus)
+    meta, Y = store.read_responses(batch, shard_list)
+    membership, train = store.read_block_design(shard_list), store.read_train(shard_list)
+    stride = Stride(None, cfg)  # the recover phase needs no model
+    rec = stride.recover(Y, membership)
+    seconds = stride.seconds["recover"]
+    scores = influence_table(rec.influence, meta["query_id"].to_list(), train)
+    top = top_k_table(scores, train, rc.top_k)
+    per_query = meta.with_columns(lambda_ratio=rec.ratio, alpha=rec.alpha, r2=rec.r2, nnz=rec.nnz)
+    paths = [write_parquet(scores, store.file("scores", batch)), write_parquet(top, store.file("top_k", batch)),
+             write_parquet(per_query, store.file("per_query", batch))]
+    store.write_args("influence_scores", {**rc.model_dump(), "batch": batch, "shards": shard_list}, batch)
+    log(f"influence {batch}: {scores.height} non-zero scores over {Y.shape[0]} queries in {seconds:.1f}s")
+    shown = top.filter(pl.col("query_id").is_in(meta["query_id"].head(SHOWN_QUERIES).to_list()))
+    non_finite = int((~np.isfinite(rec.influence.data)).sum())
+    return StageResult(
+        stage="influence_scores",
+        path=store.stage("influence_scores", batch),
+        metadata={"queries": Y.shape[0], "batch": batch, "shards": len(shard_list), "nonzero": scores.height,
+                  "nnz_per_query": float(rec.nnz.mean()), "r2_mean": float(rec.r2.mean()),
+                  "lambda_ratio_mean": float(rec.ratio.mean()), "seconds": seconds,
+                  "positive_fraction": float((scores["score"] > 0).mean()) if scores.height else 0.0,
+                  "finite": non_finite == 0, "non_finite": non_finite},
+        markdown={"top_examples": markdown_table(shown.with_columns(pl.col("text").str.slice(0, 80)))},
+        params={f"recovery.{k}": v for k, v in rc.model_dump().items()},
+        metrics={"recovery_seconds": seconds, "nnz_per_query": float(rec.nnz.mean()),
+                 "r2_mean": float(rec.r2.mean())},
+        plots={"scores": plots.histogram(scores["score"].to_numpy(), store.file("scores_plot", batch),
+                                         "non-zero influence scores", "score")},
+        files=[paths[2]],
+        fingerprint=file_digest(*paths),
+    )

@@ -1,0 +1,234 @@
+"""The store: every artifact of a stride workspace by name, with its reader (the way TRAK's
+``savers.py`` owns its store). No other module spells a file name of the store.
+
+Layout: ``<root>/<stage>/[<key>/]<file>``; ``key`` names a partition of a stage (a shard, a
+query batch, or ``batch/shard`` for a perturbation block), each in a folder of its own so a
+partition is written, replaced and re-run without touching the others. ``args.json`` beside an
+artifact records the configuration that made it. Writers go through ``artifacts`` (temp file +
+rename): a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from stride_assets.engine.artifacts import file_digest, read_json, write_json
+from stride_assets.engine.design import SubsetDesign
+from stride_assets.engine.errors import StrideInputError
+
+# artifact name -> (stage folder, file name)
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "args": ("", "args.json"),
+    "train": ("training_corpus", "train.parquet"),
+    "holdout": ("training_corpus", "holdout.parquet"),
+    "queries": ("query_set", "queries.parquet"),
+    "model_ref": ("base_model", "model_ref.json"),
+    "model": ("base_model", "model"),
+    "lm_loss_plot": ("base_model", "lm_loss.png"),
+    "membership": ("subset_design", "membership.parquet"),
+    "operators": ("steering_operators", "operators.safetensors"),
+    "training_log": ("steering_operators", "training_log.parquet"),
+    "operator_loss_plot": ("steering_operators", "operator_loss.png"),
+    "responses": ("perturbation_matrix", "responses.parquet"),
+    "responses_plot": ("perturbation_matrix", "responses.png"),
+    "scores": ("influence_scores", "scores.parquet"),
+    "top_k": ("influence_scores", "top_k.parquet"),
+    "per_query": ("influence_scores", "per_query.parquet"),
+    "scores_plot": ("influence_scores", "scores.png"),
+    "kept_vs_dropped_plot": ("curated_dataset", "kept_vs_dropped.png"),
+    "selected_vs_not_plot": ("selected_dataset", "selected_vs_not.png"),
+    "leaks": ("contamination_report", "leaks.parquet"),
+    "leaks_summary": ("contamination_report", "summary.md"),
+    "overlap_plot": ("contamination_report", "overlap.png"),
+    "eval_subsets": ("eval_subsets", "eval_subsets.parquet"),
+    "retrained_losses": ("retrained_losses", "{key}.parquet"),  # one file per retrain
+    "lds": ("lds_report", "lds.parquet"),
+}
+
+
+def block_key(shard: str, batch: str) -> str:
+    """Storage key of one perturbation block."""
+    return f"{batch}/{shard}"
+
+
+class Store:
+    """The storage root of one stride workspace, and its named artifacts."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # ------------------------------------------------------------ names
+    def stage(self, name: str, key: str | None = None) -> Path:
+        """The folder of a stage (of one of its partitions when ``key`` is given)."""
+        return self.root / name / key if key else self.root / name
+
+    def file(self, artifact: str, key: str | None = None, stage: str | None = None) -> Path:
+        """Where a named artifact lives (``stage`` only for ``args``, which every stage has)."""
+        if artifact not in ARTIFACTS:
+            raise KeyError(f"unknown artifact {artifact!r}; artifacts are {', '.join(ARTIFACTS)}")
+        folder, name = ARTIFACTS[artifact]
+        folder = stage or folder
+        if "{key}" in name:
+            return self.stage(folder) / name.format(key=key)
+        return self.stage(folder, key) / name
+
+    def require(self, artifact: str, key: str | None = None, stage: str | None = None) -> Path:
+        """The path of an upstream artifact, with a clear error when it was never produced."""
+        p = self.file(artifact, key, stage)
+        if not p.exists():
+            owner = stage or ARTIFACTS[artifact][0]
+            where = f"the {owner!r} stage" + (f" for {key!r}" if key else "")
+            raise StrideInputError(f"missing artifact {p}: materialize {where} first (storage root {self.root})")
+        return p
+
+    def write_args(self, stage: str, args: dict[str, Any], key: str | None = None) -> Path:
+        return write_json(args, self.file("args", key, stage))
+
+    def read_args(self, stage: str, key: str | None = None) -> dict[str, Any]:
+        return read_json(self.require("args", key, stage))
+
+    # ------------------------------------------------------------ readers
+    def read_corpus(self, shard: str, part: str = "train") -> pl.DataFrame:
+        """One shard's training passages (``part="holdout"``: its held-out query candidates)."""
+        return pl.read_parquet(self.require(part, shard))
+
+    def read_train(self, shards: list[str]) -> pl.DataFrame:
+        """The training parts of the shards, in order, with a global ``example_index`` and the ``shard``."""
+        if not shards:
+            raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+        frames, offset = [], 0
+        for shard in shards:
+            frame = self.read_corpus(shard)
+            frames.append(frame.with_columns((pl.col("example_index").cast(pl.Int64) + offset).alias("example_index"),
+                                             pl.lit(shard).alias("shard")))
+            offset += frame.height
+        return pl.concat(frames)
+
+    def shard_version(self, shard: str) -> str | None:
+        """A short content hash of a shard's stored passages (None before training_corpus ran)."""
+        path = self.file("train", shard)
+        return file_digest(path)[:16] if path.exists() else None
+
+    def read_queries(self, batches: str | list[str]) -> pl.DataFrame:
+        """The queries of one batch, or of several stacked."""
+        names = [batches] if isinstance(batches, str) else batches
+        return pl.concat([pl.read_parquet(self.require("queries", b)) for b in names])
+
+    def read_design(self, shard: str) -> SubsetDesign:
+        pairs = pl.read_parquet(self.require("membership", shard))
+        args = self.read_args("subset_design", shard)
+        K, n = int(args["K"]), int(args["n"])
+        M = sp.csr_matrix(
+            (np.ones(pairs.height, dtype=np.float32), (pairs["subset"].to_numpy(), pairs["example_index"].to_numpy())),
+            shape=(K, n),
+        )
+        return SubsetDesign(membership=M, seed=int(args["seed"]))
+
+    def read_block_design(self, shards: list[str]) -> sp.csr_matrix:
+        """The shards' membership matrices as one block-diagonal (sum K) x (sum n) matrix."""
+        return sp.block_diag([self.read_design(s).membership for s in shards], format="csr", dtype=np.float32)
+
+    def model_ref(self) -> dict[str, Any]:
+        """What the base_model stage recorded: the model's path and how to load it."""
+        return read_json(self.require("model_ref"))
+
+    def load_base_model(self):
+        """The frozen base model and tokenizer recorded by the base_model stage."""
+        from stride_assets.engine import lm
+
+        ref = self.model_ref()
+        return lm.load_model(ref["path"], tokenizer_path=ref.get("tokenizer_path"),
+                             trust_remote_code=ref["trust_remote_code"], dtype=ref["dtype"])
+
+    def load_bank(self, shard: str):
+        """One shard's operator bank and the arguments that trained it."""
+        from stride_assets.engine.operators import OperatorBank
+
+        args = self.read_args("steering_operators", shard)
+        return OperatorBank.load(self.require("operators", shard)), args
+
+    def read_responses(self, batch: str, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
+        """The batch's responses to every shard's operators, side by side: (query frame, Q x sum K)."""
+        meta, blocks = None, []
+        for shard in shards:
+            frame = pl.read_parquet(self.require("responses", block_key(shard, batch)))
+            if meta is None:
+                meta = frame.drop("response")
+            elif frame["query_id"].to_list() != meta["query_id"].to_list():
+                raise StrideInputError(f"responses of shard {shard!r} are for another version of query batch "
+                                       f"{batch!r}: re-materialize its perturbation_matrix block")
+            blocks.append(np.asarray(frame["response"].to_numpy(), dtype=np.float64))
+        if meta is None:
+            raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+        return meta, np.hstack(blocks)
+
+    def read_scores(self, batches: list[str], artifact: str = "scores") -> pl.DataFrame:
+        """The influence scores (``artifact="top_k"``: the top-k tables) of the query batches, stacked."""
+        return pl.concat([pl.read_parquet(self.require(artifact, b)) for b in batches])
+
+    def scored_inputs(self, batches: list[str], shards: list[str]) -> list[Path]:
+        """The files a curated output is derived from: the batches' scores and the shards' passages."""
+        return [self.require("scores", b) for b in batches] + [self.require("train", s) for s in shards]
+
+    def read_dataset(self, stage: str, split: str) -> pl.DataFrame:
+        """A split of the current version of a curated output (``datasets_out`` layout)."""
+        from stride_assets.engine.datasets_out import read_current
+
+        return read_current(self.stage(stage), split)
+
+    def read_eval_subsets(self) -> np.ndarray:
+        """The evaluation subsets as an (m, n) boolean matrix."""
+        frame = pl.read_parquet(self.require("eval_subsets"))
+        args = self.read_args("eval_subsets")
+        out = np.zeros((int(args["m"]), int(args["n"])), dtype=bool)
+        out[frame["subset_id"].to_numpy(), frame["example_index"].to_numpy()] = True
+        return out
+
+    def read_retrained_losses(self) -> pl.DataFrame:
+        """Every materialized retrain's query losses (subset_id, query_id, loss), by subset."""
+        folder, pattern = ARTIFACTS["retrained_losses"]
+        parts = sorted(self.stage(folder).glob(pattern.format(key="retrain_*")))
+        if not parts:
+            return pl.DataFrame(schema={"subset_id": pl.Int64, "query_id": pl.String, "loss": pl.Float64})
+        return pl.concat([pl.read_parquet(p) for p in parts]).sort("subset_id")
+
+    def read_lds(self) -> pl.DataFrame:
+        return pl.read_parquet(self.require("lds"))
+
+
+# A benchmark's output folder (``stride bench ... --out DIR``): artifact name -> file under DIR.
+BENCH_ARTIFACTS: dict[str, str] = {
+    "report": "report.json",
+    "eval_subsets": "eval_subsets.parquet",
+    "retrained_losses": "retrained_losses.parquet",
+    "scores": "scores/{key}.parquet",  # one file per method
+    "cache": "cache",  # retrained losses kept between runs
+    "planted": "planted.parquet",
+    "audit": "audit.parquet",
+    "audit_summary": "audit.md",
+    "recall_curves": "recall_curves.png",
+    "data": "data",  # shard files a scenario writes
+    "store": "store-{key}",  # a pipeline store a scenario fills
+}
+
+
+class BenchFolder:
+    """The output folder of one benchmark run, by artifact name (``BENCH_ARTIFACTS``)."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def file(self, artifact: str, key: str | None = None) -> Path:
+        if artifact not in BENCH_ARTIFACTS:
+            raise KeyError(f"unknown benchmark artifact {artifact!r}; artifacts are {', '.join(BENCH_ARTIFACTS)}")
+        name = BENCH_ARTIFACTS[artifact]
+        return self.root / (name.format(key=key) if "{key}" in name else name)

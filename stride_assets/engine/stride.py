@@ -1,0 +1,132 @@
+"""STRIDE in four explicit phases on a frozen model, each timed:
+
+    cache_features  the frozen model's activations at the steering site, once per example
+    fit_operators   one operator per subset of the design, trained on the cached features
+    measure         the response (perturbation) matrix Y[q, k] = loss_base(q) - loss_k(q)
+    recover         per-query sparse recovery (Lasso) of per-example influence from Y and M
+
+    from stride_assets.engine.stride import Stride
+    stride = Stride(site, cfg)                      # site: backbone.make_site(model, form, layer)
+    feats = stride.cache_features(batch)
+    bank, log = stride.fit_operators(feats, batch, design)
+    Y = stride.measure(bank, query_batch)
+    influence = stride.recover(Y, design.membership).influence
+    stride.seconds                                  # {"cache": ..., "fit": ..., "measure": ..., "recover": ...}
+
+The pipeline stages, ``stride attribute``, the quality harness and the cost benchmark all run
+STRIDE through this class; they differ only in where the batches come from and where the
+results go.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from stride_assets.engine.backbone import Batch, Site, encode_all, take
+from stride_assets.engine.config import StrideConfig, TrainConfig
+from stride_assets.engine.design import SubsetDesign
+from stride_assets.engine.measure import responses
+from stride_assets.engine.operators import OperatorBank, top_direction_energy
+from stride_assets.engine.recovery import Recovery, recover
+from stride_assets.engine.training import TrainLog, train_operators
+
+PHASES = ("cache", "fit", "measure", "recover")
+DIAGNOSTIC_PROBES = 64
+
+
+@contextmanager
+def accumulate(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the wall seconds of the block to ``seconds[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] += time.perf_counter() - start
+
+
+@dataclass
+class Stride:
+    """STRIDE on one steering site of a frozen model, with the settings of a ``StrideConfig``.
+
+    ``training`` overrides ``cfg.training`` (the pipeline gives each shard its own seed and steps).
+    ``site`` may be None for the recover phase alone, which needs no model.
+    """
+
+    site: Site | None
+    cfg: StrideConfig
+    training: TrainConfig | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+
+    def __post_init__(self) -> None:
+        self.training = self.training or self.cfg.training
+
+    def phase(self, name: str):
+        """A block timed into ``seconds[name]``."""
+        return accumulate(self.seconds, name)
+
+    def cache_features(self, batch: Batch) -> torch.Tensor:
+        """Phase 1: the site's features of every example (the frozen layers below never run again)."""
+        with self.phase("cache"):
+            return encode_all(self.site, batch)
+
+    def new_bank(self, K: int) -> OperatorBank:
+        oc = self.cfg.operators
+        return OperatorBank(K, self.site.in_dim, self.site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale,
+                            self.training.seed)
+
+    def fit_operators(self, feats: torch.Tensor, batch: Batch, design: SubsetDesign,
+                      log: Callable[[str], None] = print) -> tuple[OperatorBank, TrainLog]:
+        """Phase 2: one operator per subset of ``design`` (shared basis + per-subset matrices)."""
+        with self.phase("fit"):
+            bank = self.new_bank(design.K).to(feats.device)
+            bank.set_feature_stats(feats, batch.get("attention_mask"))
+            trainlog = train_operators(self.site, bank, feats, batch, design, self.training, log)
+        return bank, trainlog
+
+    def measure(self, bank: OperatorBank, batch: Batch,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Phase 3: the (queries x K) response matrix of ``batch`` to the bank's operators."""
+        mc = self.cfg.measure
+        with self.phase("measure"):
+            return responses(self.site, bank, batch, mc.mode, mc.query_batch, mc.operator_chunk, progress=progress)
+
+    def recover(self, Y: np.ndarray, membership: sp.csr_matrix, recovery=None) -> Recovery:
+        """Phase 4: per-query Lasso of ``Y`` against the membership matrix (``recovery`` overrides the settings)."""
+        with self.phase("recover"):
+            return recover(Y, membership, recovery or self.cfg.recovery)
+
+    @torch.no_grad()
+    def base_losses(self, batch: Batch) -> np.ndarray:
+        """Each example's loss under the frozen model, in chunks (all logits at once can take GBs)."""
+        chunk, site = self.cfg.measure.query_batch, self.site
+        n = batch["input_ids"].shape[0]
+        parts = []
+        for start in range(0, n, chunk):
+            sub = take(batch, torch.arange(start, min(start + chunk, n), device=batch["input_ids"].device))
+            parts.append(site.example_loss(site.logits(site.encode(sub), sub), sub).cpu())
+        return torch.cat(parts).numpy()
+
+    def diagnostics(self, bank: OperatorBank, batch: Batch, design: SubsetDesign, seed: int) -> dict[str, float]:
+        """Collapse and fit diagnostics on a probe of training examples (not timed as a phase).
+
+        member_gap_z: mean over probes of (mean response of member operators - mean of the others)
+        in units of the probe's response std; > 0 means operators favour their own members.
+        """
+        mc = self.cfg.measure
+        rng = np.random.default_rng(seed)
+        probe = np.sort(rng.choice(design.n, size=min(DIAGNOSTIC_PROBES, design.n), replace=False))
+        Y = responses(self.site, bank, take(batch, torch.as_tensor(probe, device=batch["input_ids"].device)),
+                      mc.mode, mc.query_batch, mc.operator_chunk)
+        member = design.membership[:, probe].T.toarray().astype(bool)
+        std = Y.std(axis=1) + 1e-12
+        gap = np.array([Y[i, member[i]].mean() - Y[i, ~member[i]].mean() for i in range(len(probe))]) / std
+        cv = float(np.mean(Y.std(axis=1) / (np.abs(Y.mean(axis=1)) + 1e-12)))
+        return {"member_gap_z": float(gap.mean()), "top_direction_energy": top_direction_energy(bank),
+                "response_cv": cv}
