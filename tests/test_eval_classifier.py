@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
-from stride_assets.engine.evaluation.classifier import ClassifierTask, digits_task, tabular_task
+from stride_assets.engine.evaluation.classifier import ClassifierTask
 from stride_assets.engine.evaluation.lds import lds, seed_agreement
+from stride_assets.engine.evaluation.tabular import digits_task, tabular_task
 from stride_assets.engine.evaluation.task import draw_subsets
 
 N_SUBSETS = 16  # 50% subsets for the LDS sanity checks: 2 seeds x 16 models (the bulk of this file's time)
