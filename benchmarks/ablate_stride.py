@@ -11,19 +11,19 @@ seconds, and writes it as JSON.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from stride_assets.engine.artifacts import write_json
-from stride_assets.engine.evaluation import stride_method as sm
+from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.lds import lds
+from stride_assets.engine.evaluation.methods import StrideMethod
 from stride_assets.engine.evaluation.task import draw_subsets
 
 LAMBDAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def variants(base: sm.StrideSettings, kind: str) -> dict[str, dict]:
+def variants(base: StrideConfig, kind: str) -> dict[str, dict]:
     K, d, r = base.design.K, base.design.d, base.operators.rank
     steps = base.training.steps
     out = {
@@ -61,13 +61,14 @@ def main() -> None:
 
     suite = suites.build(args.name, quick=args.quick)
     task = suite.task
-    spec = next(s for s in suite.specs if s.kind == "stride" and (not args.variant or s.name == args.variant))
+    spec = next(s for s in suite.specs if s.registry_name == "stride" and (not args.variant or s.name == args.variant))
+    base = spec.settings["config"]
     trained = task.train(None, seed=suite.protocol.model_seed)
     subsets = draw_subsets(task.n, args.m, suite.protocol.fraction, suite.protocol.val_seed)
     truth = task.retrain_losses(subsets, seed=suite.protocol.model_seed)["val"]
     rows = []
-    default_ratio = spec.stride.recovery.lambda_ratio
-    chosen = variants(spec.stride, task.kind)
+    default_ratio = base.recovery.lambda_ratio
+    chosen = variants(base, task.kind)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         unknown = set(wanted) - set(chosen)
@@ -75,13 +76,11 @@ def main() -> None:
             raise SystemExit(f"unknown ablations {sorted(unknown)}; known: {list(chosen)}")
         chosen = {w: chosen[w] for w in wanted}
     for name, change in chosen.items():
-        settings = spec.stride.with_(**change)
-        start = time.perf_counter()
-        fitted = sm.fit(task, trained, settings)
-        seconds = time.perf_counter() - start
-        Y, _ = sm.measure(task, fitted, "val")
-        by_lambda = {r: lds(sm.decode(Y, fitted, settings.recovery.model_copy(update={"lambda_ratio": r}))[0],
-                            subsets, truth).mean for r in LAMBDAS}
+        method = StrideMethod(base.with_(**change))
+        method.cache(task, trained)
+        seconds = method.one_time_seconds  # the facade's cache + fit phases (design included)
+        Y, _ = method.responses("val")
+        by_lambda = {r: lds(method.decode(Y, lambda_ratio=r)[0], subsets, truth).mean for r in LAMBDAS}
         best = max(by_lambda, key=by_lambda.get)
         at_default = by_lambda.get(default_ratio) if default_ratio in by_lambda else float("nan")
         rows.append({"variant": name, "val_lds_best": by_lambda[best], "best_lambda": best,

@@ -3,10 +3,11 @@
 For each GPT-2 size of a ladder, on the pydoc training passages (n = 1,004, 100 test queries),
 seconds are split into a one-time part (does not depend on the queries) and a per-query part:
 
-- STRIDE: one-time = feature caching (``encode_all``) + design (``draw_design``) + operator bank
-  set-up + operator training (``train_operators``, ``steps`` from the suite); per query =
-  measurement (``responses``: the query's forward pass and first-order responses) + Lasso
-  (``recover``, the lambda the pydoc-gpt report chose, one job).
+- STRIDE, run through the engine's facade (``engine/stride.py``) and timed by its own phases
+  (``stride.seconds``): one-time = ``cache`` (features) + ``fit`` (drawing the design, the bank's
+  set-up and operator training, ``steps`` from the suite); per query = ``measure`` (the query's
+  forward pass and first-order responses) + ``recover`` (the Lasso, at the lambda the pydoc-gpt
+  report chose, one job).
 - logra: one-time = per-example training gradients, CountSketch-projected (``GradientSpace``)
   + Gram matrix and Cholesky factor (``DampedSolver``); per query = the query's projected
   gradient + the damped solve and scoring against the n training gradients.
@@ -20,18 +21,18 @@ iterations depend on how well the model and operators are trained, so the per-qu
 the first size (the suite's model and, for ``--full-steps-first``, operators trained all steps) is
 used at every size; each size's own is kept as ``lasso_own_per_query_s``.
 
-Seconds are CPU seconds of this single-threaded process (``--clock cpu``): what the work takes
-on one core, much less sensitive than wall time to other jobs sharing the cores (not immune:
-memory bandwidth and caches are shared too).
+Seconds are CPU seconds of this single-threaded process (``--clock cpu``; the facade's phases are
+timed on the same clock): what the work takes on one core, much less sensitive than wall time to
+other jobs sharing the cores (not immune: memory bandwidth and caches are shared too).
 
 Two things are measured on part of the work and scaled linearly, and say so in the report:
-operator training (seconds per step, the median of 3 short runs after a warm-up, times the
-suite's steps: a step does the same fixed-size work every time; at the first size the methods
-of ``--full-steps-first``, by default the logit form, run all steps instead) and, when it
-would take longer than ``--grad-budget`` seconds, logra's training-gradient pass (seconds per
-example, measured on a prefix of the training set, times n; the Gram matrix and its Cholesky
-factor are always computed at full size). Per-query seconds are the median of ``--repeats``
-runs over the test queries.
+operator training (``fit_operators`` seconds per step over a 0-step fit, the median of 3 short fits
+after a warm-up, times the suite's steps: a step does the same fixed-size work every time; at the
+first size the methods of ``--full-steps-first``, by default the logit form, run all steps instead)
+and, when it would take longer than ``--grad-budget`` seconds, logra's training-gradient pass
+(seconds per example, measured on a prefix of the training set, times n; the Gram matrix and its
+Cholesky factor are always computed at full size). Per-query seconds are the median of
+``--repeats`` runs over the test queries.
 
 Then: the crossover number of queries Q* = (one_time_S - one_time_L) / (per_query_L -
 per_query_S); end-to-end ratios logra / STRIDE at 1,000 and 100,000 queries (also with 250 and
@@ -54,36 +55,30 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import replace
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 
-from stride_assets.engine.backbone import encode_all
+from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.design import draw_design
-from stride_assets.engine.evaluation import stride_method
 from stride_assets.engine.evaluation.lm_task import LMTask, pydoc_task
 from stride_assets.engine.evaluation.methods.base import DampedSolver, trainable
 from stride_assets.engine.evaluation.methods.gradients import GradientSpace, clear_cache, logra
-from stride_assets.engine.evaluation.stride_method import StrideSettings
 from stride_assets.engine.evaluation.suites import lm_stride
-from stride_assets.engine.operators import OperatorBank
-from stride_assets.engine.training import train_operators
+from stride_assets.engine.stride import Stride
 
 warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap over CPU attention
 
 LOGRA_DAMPING = 1.0  # pydoc-gpt's validation choice (benchmarks/reports/pydoc-gpt.json)
 DEFAULT_LAMBDA = {"stride_logit": 0.2, "stride": 0.7}  # idem, used when that report is absent
 QUERY_COUNTS = (1_000, 100_000)
-
-
-def now() -> float:
-    return time.perf_counter()
-
-
+STRIDE_SECTIONS = {"design", "operators", "training", "measure", "recovery"}  # what the report keeps of a config
 CLOCK: Callable[[], float] = time.process_time  # --clock: CPU seconds of this process (1 thread) or wall
+Log = Callable[[str], None]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -93,11 +88,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return CLOCK() - start, out
 
 
-def median_of(fn: Callable[[], Any], repeats: int, slow: float = 20.0) -> tuple[float, list[float], Any]:
-    """Median seconds of ``repeats`` runs (a single run when the first takes more than ``slow`` seconds)."""
+def median_of(run: Callable[[], tuple[float, Any]], repeats: int, slow: float = 20.0) -> tuple[float, list[float], Any]:
+    """Median seconds of ``repeats`` calls of ``run`` (-> seconds, result); one call if the first takes > ``slow``."""
     runs, out = [], None
     for _ in range(repeats):
-        s, out = timed(fn)
+        s, out = run()
         runs.append(s)
         if s > slow:
             break
@@ -123,94 +118,103 @@ def chosen_settings(report: Path) -> tuple[dict[str, float], float]:
     return lam, damping
 
 
-# --- STRIDE -------------------------------------------------------------------------------------
+# --- STRIDE: the facade's phases ----------------------------------------------------------------
 
 
-def new_bank(site, settings: StrideSettings, design) -> OperatorBank:
-    oc = settings.operators
-    return OperatorBank(design.K, site.in_dim, site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale,
-                        settings.training.seed)
+class ClockedStride(Stride):
+    """The engine's facade with its phases timed on ``CLOCK`` (the facade's own is wall time)."""
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = CLOCK()
+        try:
+            yield
+        finally:
+            self.seconds[name] += CLOCK() - start
 
 
-def optimizer_step_seconds(bank: OperatorBank, settings: StrideSettings, repeats: int = 5) -> float:
-    """One AdamW update of the bank's parameters with dense gradients (as ``train_operators`` makes)."""
-    params = [p for p in bank.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.training.lr, weight_decay=settings.training.weight_decay)
+def spent(stride: Stride, phase: str, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """The seconds ``fn`` added to ``stride.seconds[phase]``, and its result."""
+    before = stride.seconds[phase]
+    out = fn()
+    return stride.seconds[phase] - before, out
+
+
+def optimizer_step_seconds(stride: Stride, K: int, repeats: int = 5) -> float:
+    """One AdamW update of a bank's parameters with dense gradients (as ``train_operators`` makes)."""
+    params = [p for p in stride.new_bank(K).parameters() if p.requires_grad]
+    tc = stride.cfg.training
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     for p in params:
         p.grad = torch.zeros_like(p)
     opt.step()  # allocates the moments
-    runs = []
-    for _ in range(repeats):
-        s, _ = timed(opt.step)
-        runs.append(s)
-    for p in params:
-        p.grad = None
-    return statistics.median(runs)
+    return statistics.median(timed(opt.step)[0] for _ in range(repeats))
 
 
-def stride_cost(task: LMTask, model: torch.nn.Module, name: str, settings: StrideSettings, lam: float,
-                all_steps: bool, step_budget: float, repeats: int, lasso_reference: tuple[float, str] | None,
-                log) -> dict[str, Any]:
-    """``stride_method.fit`` / ``measure`` / ``decode`` taken apart and timed piece by piece.
+def stride_cost(task: LMTask, model: torch.nn.Module, name: str, cfg: StrideConfig, lam: float, all_steps: bool,
+                step_budget: float, repeats: int, lasso_reference: tuple[float, str] | None,
+                log: Log) -> dict[str, Any]:
+    """STRIDE's four phases through the facade, seconds read from ``stride.seconds``.
 
-    Operator training: all the suite's steps when ``all_steps``, else 3 runs of a few steps each
-    (after a 2-step warm-up), the median seconds per step times the suite's steps.
+    Operator training: one ``fit_operators`` of all the suite's steps when ``all_steps``, else 3 fits
+    of a few steps each (after a 2-step warm-up); seconds per step are over a 0-step fit (the bank's
+    set-up, sampler, optimizer: once per training), times the suite's steps.
     ``lasso_reference``: per-query Lasso seconds to use instead of this model's own (the Lasso is a
     K x n problem whatever the model; its iterations depend on how well the operators are trained).
     """
-    steps = settings.training.steps
-    out: dict[str, Any] = {"form": settings.operators.form, "steps": steps}
-    site = task.site(model, settings.operators.form, settings.operators.layer)
+    steps = cfg.training.steps
+    stride = ClockedStride(task.site(model, cfg.operators.form, cfg.operators.layer), cfg)
     batch = task.train_batch()
-    out["cache_s"], feats = timed(lambda: encode_all(site, batch))
-    out["design_s"], design = timed(lambda: draw_design(task.n, settings.design.K, settings.design.d,
-                                                        settings.design.seed))
+    feats = stride.cache_features(batch)
+    with stride.phase("fit"):
+        design = draw_design(task.n, cfg.design.K, cfg.design.d, cfg.design.seed)
+    design_s = stride.seconds["fit"]
 
-    def init():
-        bank = new_bank(site, settings, design)
-        bank.set_feature_stats(feats, batch.get("attention_mask"))
-        return bank
+    def fit(n_steps: int) -> tuple[float, Any]:
+        stride.training = cfg.training.model_copy(update={"steps": n_steps})
+        return spent(stride, "fit", lambda: stride.fit_operators(feats, batch, design, lambda _: None))
 
-    def run(bank: OperatorBank, n_steps: int):
-        cfg = settings.training.model_copy(update={"steps": n_steps})
-        return timed(lambda: train_operators(site, bank, feats, batch, design, cfg, lambda _: None))
+    def init() -> None:  # the bank's set-up alone, as fit_operators opens with it
+        with stride.phase("fit"):
+            stride.new_bank(design.K).to(feats.device).set_feature_stats(feats, batch.get("attention_mask"))
 
-    out["bank_init_s"], bank = timed(init)
-    warm_s, _ = run(init(), 2)  # warm-up; also sizes the measured runs
-    guess = warm_s / 2
-    setup = statistics.median([run(init(), 0)[0] for _ in range(3)])  # sampler, optimizer: once per training
+    bank_init_s = spent(stride, "fit", init)[0]
+    warm_s = fit(2)[0]  # warm-up; also sizes the measured fits
+    fit0 = statistics.median(fit(0)[0] for _ in range(3))
     if all_steps:
-        call_s, trainlog = run(bank, steps)
-        per_step, measured, runs = (call_s - setup) / steps, steps, []
+        call_s, (bank, _) = fit(steps)
+        per_step, measured, runs, bank_steps = (call_s - fit0) / steps, steps, [], steps
     else:
-        chunk = int(min(20, max(2, round(step_budget / 3 / max(guess, 1e-6)))))
+        chunk = int(min(20, max(2, round(step_budget / 3 / max((warm_s - fit0) / 2, 1e-6)))))
         runs = []
-        for _ in range(3):
-            call_s, trainlog = run(bank, chunk)  # the same bank goes on training; a fresh optimizer each run
-            runs.append(max(0.0, call_s - setup) / chunk)
-        per_step, measured = statistics.median(runs), 3 * chunk
-    out.update(steps_measured=measured, per_step_s=per_step, per_step_runs_s=runs, train_setup_s=setup,
-               optimizer_step_s=optimizer_step_seconds(init(), settings),
-               operator_params=int(sum(p.numel() for p in bank.parameters() if p.requires_grad)))
-    out["train_s"] = per_step * steps
-    out["train_s_measured"] = call_s - setup if all_steps else None
-    fixed = out["cache_s"] + out["design_s"] + out["bank_init_s"] + out["train_setup_s"]
+        for _ in range(3):  # a fresh bank each fit
+            call_s, (bank, _) = fit(chunk)
+            runs.append(max(0.0, call_s - fit0) / chunk)
+        per_step, measured, bank_steps = statistics.median(runs), 3 * chunk, chunk
+    out: dict[str, Any] = {
+        "form": cfg.operators.form, "steps": steps, "cache_s": stride.seconds["cache"], "design_s": design_s,
+        "bank_init_s": bank_init_s, "steps_measured": measured, "bank_steps": bank_steps, "per_step_s": per_step,
+        "per_step_runs_s": runs, "train_setup_s": max(0.0, fit0 - bank_init_s),
+        "optimizer_step_s": optimizer_step_seconds(stride, design.K),
+        "operator_params": int(sum(p.numel() for p in bank.parameters() if p.requires_grad)),
+        "train_s": per_step * steps, "train_s_measured": call_s - fit0 if all_steps else None}
+    fixed = out["cache_s"] + design_s + bank_init_s + out["train_setup_s"]
     out["one_time_s"] = fixed + out["train_s"]
     out["one_time_at_steps"] = {str(s): fixed + per_step * s for s in (1000, 500, 250, 100, 0)}
     log(f"    {name}: cache {out['cache_s']:.2f}s, {per_step * 1e3:.1f} ms/step x {steps} "
         f"(measured over {measured}; an AdamW update alone {out['optimizer_step_s'] * 1e3:.1f} ms)")
 
-    fitted = stride_method.StrideFit(settings, design, bank, site, trainlog, out["one_time_s"])
-    recovery = settings.recovery.model_copy(update={"lambda_ratio": lam, "n_jobs": 1})
-    n_q = len(task.query_ids["test"])
-    stride_method.measure(task, fitted, "test")  # warm-up
-    measure_s, measure_runs, (Y, _) = median_of(lambda: stride_method.measure(task, fitted, "test"), repeats)
-    decode_s, decode_runs, _ = median_of(lambda: stride_method.decode(Y, fitted, recovery), repeats)
+    qbatch, n_q = task.query_batch("test"), len(task.query_ids["test"])
+    recovery = cfg.recovery.model_copy(update={"lambda_ratio": lam, "n_jobs": 1})
+    stride.measure(bank, qbatch)  # warm-up
+    measure_s, measure_runs, Y = median_of(lambda: spent(stride, "measure", lambda: stride.measure(bank, qbatch)),
+                                           repeats)
+    decode_s, decode_runs, _ = median_of(
+        lambda: spent(stride, "recover", lambda: stride.recover(Y, design.membership, recovery)), repeats)
     own = decode_s / n_q
     lasso, source = (own, "own") if lasso_reference is None else lasso_reference
     out.update(measure_per_query_s=measure_s / n_q, lasso_per_query_s=lasso, lasso_own_per_query_s=own,
-               lasso_source=source,
-               per_query_s=measure_s / n_q + lasso, queries=n_q, lambda_ratio=lam,
+               lasso_source=source, per_query_s=measure_s / n_q + lasso, queries=n_q, lambda_ratio=lam,
                measure_runs_s=measure_runs, lasso_runs_s=decode_runs)
     log(f"    {name}: per query {out['per_query_s'] * 1e3:.2f} ms (measure {out['measure_per_query_s'] * 1e3:.2f}, "
         f"Lasso {lasso * 1e3:.2f}; this bank's own Lasso {own * 1e3:.2f})")
@@ -221,7 +225,7 @@ def stride_cost(task: LMTask, model: torch.nn.Module, name: str, settings: Strid
 
 
 def logra_cost(task: LMTask, model: torch.nn.Module, damping: float, grad_budget: float, repeats: int,
-               log) -> dict[str, Any]:
+               log: Log) -> dict[str, Any]:
     """``gradients.logra`` taken apart: training gradients (on a prefix when slow), Gram + Cholesky, queries."""
     space = GradientSpace.for_model(model, "auto", 0, "auto")
     n = task.n
@@ -238,14 +242,9 @@ def logra_cost(task: LMTask, model: torch.nn.Module, damping: float, grad_budget
     Phi = G.double()
     k = Phi.shape[1]
     kernel = n < k
-
-    def curvature():
-        gram = Phi @ Phi.T if kernel else Phi.T @ Phi
-        return DampedSolver.fit(gram, damping, size=k)
-
-    out["curvature_s"], solver = timed(curvature)
-    out["one_time_s"] = out["train_grads_s"] + out["curvature_s"]
-    out["form"] = "kernel" if kernel else "primal"
+    out["curvature_s"], solver = timed(  # Gram matrix + Cholesky factor
+        lambda: DampedSolver.fit(Phi @ Phi.T if kernel else Phi.T @ Phi, damping, size=k))
+    out.update(one_time_s=out["train_grads_s"] + out["curvature_s"], form="kernel" if kernel else "primal")
     n_q = len(task.query_ids["test"])
     qbatch = task.query_batch("test")
 
@@ -253,7 +252,7 @@ def logra_cost(task: LMTask, model: torch.nn.Module, damping: float, grad_budget
         Gq = space.grads(task, model, qbatch).double()
         return solver.solve(Phi @ Gq.T).T if kernel else solver.solve(Gq.T).T @ Phi.T
 
-    q_s, q_runs, _ = median_of(per_query, repeats)
+    q_s, q_runs, _ = median_of(lambda: timed(per_query), repeats)
     out.update(per_query_s=q_s / n_q, queries=n_q, per_query_runs_s=q_runs)
     log(f"    logra: grads {out['grad_per_example_s'] * 1e3:.2f} ms/example (measured on {m}/{n}), "
         f"curvature {out['curvature_s']:.2f}s, per query {out['per_query_s'] * 1e3:.2f} ms")
@@ -271,26 +270,19 @@ def crossover(stride: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Queries beyond (or below) which STRIDE is cheaper end to end than the baseline."""
     d_one = stride["one_time_s"] - base["one_time_s"]
     d_per = base["per_query_s"] - stride["per_query_s"]
-    if d_one <= 0 and d_per >= 0:
-        return {"q_star": None, "verdict": "always", "text": "always"}
-    if d_one > 0 and d_per <= 0:
-        return {"q_star": None, "verdict": "never", "text": "never"}
+    if (d_one <= 0 and d_per >= 0) or (d_one > 0 and d_per <= 0):
+        verdict = "always" if d_one <= 0 else "never"
+        return {"q_star": None, "verdict": verdict, "text": verdict}
     q = d_one / d_per
-    if d_one > 0:
-        return {"q_star": q, "verdict": "above", "text": f"Q > {q:,.0f}"}
-    return {"q_star": q, "verdict": "below", "text": f"Q < {q:,.0f}"}
+    above = d_one > 0
+    return {"q_star": q, "verdict": "above" if above else "below", "text": f"Q {'>' if above else '<'} {q:,.0f}"}
 
 
-def powerlaw(P: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Least squares in log-log: y = a * P^slope."""
-    slope, log_a = np.polyfit(np.log(P), np.log(y), 1)
-    return {"a": float(math.exp(log_a)), "slope": float(slope)}
-
-
-def affine(P: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Non-negative least squares y = c0 + c1 * P (a fixed part and a part proportional to the size)."""
-    from scipy.optimize import nnls
-
+def fit_cost(P: np.ndarray, y: np.ndarray, family: str) -> dict[str, float]:
+    """power: least squares in log-log, y = a * P^slope; affine: non-negative least squares y = c0 + c1 * P."""
+    if family == "power":
+        slope, log_a = np.polyfit(np.log(P), np.log(y), 1)
+        return {"a": float(math.exp(log_a)), "slope": float(slope)}
     (c0, c1), _ = nnls(np.stack([np.ones_like(P), P], axis=1), y)
     return {"c0": float(c0), "c1": float(c1)}
 
@@ -308,8 +300,7 @@ def extrapolate(sizes: list[dict[str, Any]], method: str, family: str, targets: 
     """Fits (``family``: "power" or "affine") of the four costs against the parameter count P, and the
     smallest P (from the smallest measured size up to 1e12) at which logra / STRIDE reaches each target at q."""
     P = np.array([s["params"] for s in sizes], dtype=float)
-    fitter = powerlaw if family == "power" else affine
-    fits = {key: fitter(P, np.array([s[method if who == "S" else "logra"][field] for s in sizes]))
+    fits = {key: fit_cost(P, np.array([s[method if who == "S" else "logra"][field] for s in sizes]), family)
             for key, (who, field) in COSTS.items()}
 
     def ratio(p: np.ndarray) -> np.ndarray:
@@ -318,20 +309,13 @@ def extrapolate(sizes: list[dict[str, Any]], method: str, family: str, targets: 
 
     grid = np.logspace(math.log10(P.min()), 12, 4001)
     r = ratio(grid)
-    found: dict[str, Any] = {}
-    for target in targets:
-        above = np.flatnonzero(r >= target)
-        found[str(target)] = None if len(above) == 0 else float(grid[above[0]])  # None: not below 1e12
-    out = {
-        "label": f"EXTRAPOLATION from {'power-law' if family == 'power' else 'affine (c0 + c1 P)'} fits over "
-                 "the measured ladder; not a measurement",
-        "queries": q,
-        "fits": fits,
-        "params_where_ratio_reaches": found,
-        "ratio_fitted_at_measured_sizes": [float(x) for x in ratio(P)],
-        "ratio_at_1e12_params": float(r[-1]),
-        "fit_range_params": [float(P.min()), float(P.max())],
-    }
+    found = {str(t): (float(grid[np.flatnonzero(r >= t)[0]]) if (r >= t).any() else None)  # None: not below 1e12
+             for t in targets}
+    out = {"label": f"EXTRAPOLATION from {'power-law' if family == 'power' else 'affine (c0 + c1 P)'} fits over "
+                    "the measured ladder; not a measurement",
+           "queries": q, "fits": fits, "params_where_ratio_reaches": found,
+           "ratio_fitted_at_measured_sizes": [float(x) for x in ratio(P)], "ratio_at_1e12_params": float(r[-1]),
+           "fit_range_params": [float(P.min()), float(P.max())]}
     if family == "affine":  # the large-model limit: both sides proportional to P
         s1 = fits["stride_one_time"]["c1"] + q * fits["stride_per_query"]["c1"]
         l1 = fits["logra_one_time"]["c1"] + q * fits["logra_per_query"]["c1"]
@@ -342,16 +326,16 @@ def extrapolate(sizes: list[dict[str, Any]], method: str, family: str, targets: 
 def analyse(report: dict[str, Any]) -> None:
     """Derived numbers, in place: crossovers, end-to-end ratios, extrapolations (from the measured costs)."""
     methods, sizes = report["methods"], report["sizes"]
-    for entry in sizes:
-        entry["vs_logra"] = {
-            name: {"crossover": crossover(entry[name], entry["logra"]),
-                   "ratio_at": {str(q): total(entry["logra"], q) / total(entry[name], q) for q in QUERY_COUNTS},
-                   "ratio_at_steps": {str(steps): {str(q): total(entry["logra"], q) / (
-                       entry[name]["one_time_at_steps"][str(steps)] + q * entry[name]["per_query_s"])
-                       for q in QUERY_COUNTS} for steps in (250, 100)},
-                   "per_query_ratio": entry["logra"]["per_query_s"] / entry[name]["per_query_s"],
-                   "one_time_ratio": entry["logra"]["one_time_s"] / entry[name]["one_time_s"]}
-            for name in methods}
+    for e in sizes:
+        lg = e["logra"]
+        e["vs_logra"] = {name: {
+            "crossover": crossover(e[name], lg),
+            "ratio_at": {str(q): total(lg, q) / total(e[name], q) for q in QUERY_COUNTS},
+            "ratio_at_steps": {str(st): {str(q): total(lg, q) / (e[name]["one_time_at_steps"][str(st)]
+                                                                 + q * e[name]["per_query_s"]) for q in QUERY_COUNTS}
+                               for st in (250, 100)},
+            "per_query_ratio": lg["per_query_s"] / e[name]["per_query_s"],
+            "one_time_ratio": lg["one_time_s"] / e[name]["one_time_s"]} for name in methods}
     report["extrapolation"] = {f"{name}/{family}": extrapolate(sizes, name, family, (1.0, 5.0), 1000.0)
                                for name in methods for family in ("power", "affine")}
 
@@ -361,32 +345,28 @@ def fmt_s(x: float) -> str:
 
 
 def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "not below 1e12"
-    return f"{p / 1e6:,.1f}M" if p < 1e9 else f"{p / 1e9:,.1f}B"
+    return "not below 1e12" if p is None else f"{p / 1e6:,.1f}M" if p < 1e9 else f"{p / 1e9:,.1f}B"
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["| model | params | method | one-time s | per-query ms | STRIDE cheaper when | "
              "logra/STRIDE @1k | logra/STRIDE @100k |", "|---|---|---|---|---|---|---|---|"]
     for s in report["sizes"]:
-        lg = s["logra"]
-        lines.append(f"| {s['model']} | {s['params'] / 1e6:.2f}M | logra | {fmt_s(lg['one_time_s'])} | "
-                     f"{lg['per_query_s'] * 1e3:.2f} | (baseline) | 1 | 1 |")
+        head = f"| {s['model']} | {s['params'] / 1e6:.2f}M"
+        lines.append(f"{head} | logra | {fmt_s(s['logra']['one_time_s'])} | {s['logra']['per_query_s'] * 1e3:.2f} | "
+                     "(baseline) | 1 | 1 |")
         for name in report["methods"]:
-            c = s[name]
-            cmp = s["vs_logra"][name]
-            lines.append(f"| {s['model']} | {s['params'] / 1e6:.2f}M | {name} | {fmt_s(c['one_time_s'])} | "
-                         f"{c['per_query_s'] * 1e3:.2f} | {cmp['crossover']['text']} | "
-                         f"{cmp['ratio_at']['1000']:.2f} | {cmp['ratio_at']['100000']:.2f} |")
+            c, cmp = s[name], s["vs_logra"][name]
+            lines.append(f"{head} | {name} | {fmt_s(c['one_time_s'])} | {c['per_query_s'] * 1e3:.2f} | "
+                         f"{cmp['crossover']['text']} | {cmp['ratio_at']['1000']:.2f} | "
+                         f"{cmp['ratio_at']['100000']:.2f} |")
     lines += ["", "Where STRIDE's one-time seconds go (operator training = seconds per step x steps):", "",
               "| model | method | caching s | design+init s | ms/step (AdamW update alone) | steps measured | "
               "training s (x steps) | one-time @250 steps | @100 steps | logra/STRIDE @1k, 250 / 100 steps |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["sizes"]:
         for name in report["methods"]:
-            c = s[name]
-            at = s["vs_logra"][name]["ratio_at_steps"]
+            c, at = s[name], s["vs_logra"][name]["ratio_at_steps"]
             lines.append(
                 f"| {s['model']} | {name} | {fmt_s(c['cache_s'])} | "
                 f"{fmt_s(c['design_s'] + c['bank_init_s'] + c['train_setup_s'])} | "
@@ -395,10 +375,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{fmt_s(c['one_time_at_steps']['100'])} | {at['250']['1000']:.2f} / {at['100']['1000']:.2f} |")
     lines += ["", "EXTRAPOLATION to larger models at 1,000 queries (fits over the measured ladder; not measured):", ""]
     for key, ex in report["extrapolation"].items():
-        if "slope" in next(iter(ex["fits"].values())):
-            fits = ", ".join(f"{k} ~ P^{v['slope']:.2f}" for k, v in ex["fits"].items())
-        else:
-            fits = ", ".join(f"{k} = {v['c0']:.3g} + {v['c1']:.3g} P" for k, v in ex["fits"].items())
+        fits = ", ".join(f"{k} ~ P^{v['slope']:.2f}" if "slope" in v else f"{k} = {v['c0']:.3g} + {v['c1']:.3g} P"
+                         for k, v in ex["fits"].items())
         reach = ", ".join(f"{float(t):g}x at ~{fmt_p(p)} params" for t, p in ex["params_where_ratio_reaches"].items())
         limit = ex.get("ratio_limit_large_models")
         tail = f"; large-model limit {limit:.2f}x" if limit is not None else ""
@@ -417,7 +395,8 @@ def main() -> None:
                          "and fully trained operators for the reference Lasso); comma separated, or none")
     ap.add_argument("--step-budget", type=float, default=10.0,
                     help="seconds of measured operator steps per form and size")
-    ap.add_argument("--grad-budget", type=float, default=30.0, help="seconds of logra training gradients before scaling")
+    ap.add_argument("--grad-budget", type=float, default=30.0,
+                    help="seconds of logra training gradients before scaling")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -431,20 +410,21 @@ def main() -> None:
                     help="measure nothing: recompute the derived numbers (crossovers, ratios, extrapolations) of a "
                          "report this script wrote, print its table and write it to --out")
     args = ap.parse_args()
+    command = " ".join([Path(sys.executable).name, *sys.argv])
     if args.from_report:
         report = json.loads(Path(args.from_report).read_text())
         analyse(report)
-        report["analysis_command"] = "PYTHONPATH=. " + " ".join([Path(sys.executable).name, *sys.argv])
+        report["analysis_command"] = "PYTHONPATH=. " + command
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(markdown(report))
         return
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    started, started_cpu = now(), time.process_time()
+    started, started_cpu = time.perf_counter(), time.process_time()
 
     def log(msg: str) -> None:
-        print(f"[{now() - started:7.1f}s] {msg}", flush=True)
+        print(f"[{time.perf_counter() - started:7.1f}s] {msg}", flush=True)
 
     lam, damping = chosen_settings(Path(args.pydoc_report))
     suite = lm_stride(quick=False)
@@ -458,53 +438,52 @@ def main() -> None:
     for j, text in enumerate(args.sizes.split(",")):
         n_layer, n_embd, n_head = parse_size(text)
         full = j == 0
-        task.recipe = replace(base_recipe, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                              **({} if full else {"epochs": None, "steps": args.train_steps}))
+        task.recipe = base_recipe.model_copy(update={"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
+                                                     **({} if full else {"epochs": None, "steps": args.train_steps})})
         train_s, trained = timed(lambda: task.train(None, seed=0))
-        model = trained.model
-        params = int(sum(p.numel() for p in trainable(model).values()))
-        test_loss = float(task.query_losses(model, "test").mean())
+        params = int(sum(p.numel() for p in trainable(trained.model).values()))
+        test_loss = float(task.query_losses(trained.model, "test").mean())
         log(f"GPT-2 {n_layer}x{n_embd} ({params:,} params): trained {trained.info['steps']} steps in {train_s:.1f}s, "
             f"test loss {test_loss:.3f}")
         entry: dict[str, Any] = {"model": f"{n_layer}x{n_embd}", "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
                                  "params": params, "model_train_steps": trained.info["steps"],
                                  "model_train_s": train_s, "test_loss": test_loss}
         for name in methods:
-            entry[name] = stride_cost(task, model, name, suite[name], lam[name], full and name in full_first,
+            entry[name] = stride_cost(task, trained.model, name, suite[name], lam[name], full and name in full_first,
                                       args.step_budget, args.repeats, None if full else lasso_ref[name], log)
             if full:
-                trained_ops = "all steps" if name in full_first else f"{entry[name]['steps_measured']} steps"
-                lasso_ref[name] = (entry[name]["lasso_per_query_s"],
-                                   f"first size's (operators trained {trained_ops})")
-        entry["logra"] = logra_cost(task, model, damping, args.grad_budget, args.repeats, log)
+                trained_ops = "all steps" if name in full_first else f"{entry[name]['bank_steps']} steps"
+                lasso_ref[name] = (entry[name]["lasso_per_query_s"], f"first size's (operators trained {trained_ops})")
+        entry["logra"] = logra_cost(task, trained.model, damping, args.grad_budget, args.repeats, log)
         if full and args.check_logra:
             clear_cache()
             res = logra(task, trained, "test", damping=damping)
             clear_cache()
             entry["logra_check"] = {"one_time_s": res.one_time_seconds, "per_query_s": res.per_query_seconds,
                                     "note": "gradients.logra() in this run, timed by its own (wall) clock"}
-            log(f"    logra() itself: one-time {res.one_time_seconds:.2f}s, per query {res.per_query_seconds * 1e3:.2f} ms")
+            log(f"    logra() itself: one-time {res.one_time_seconds:.2f}s, "
+                f"per query {res.per_query_seconds * 1e3:.2f} ms")
         sizes.append(entry)
-        del model, trained
+        del trained
     report = {
-        "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " PYTHONPATH=. "
-                   + " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} PYTHONPATH=. {command}",
         "argv": sys.argv,
         "what": "seconds split into one-time and per-query cost, STRIDE vs logra, on pydoc over GPT-2 sizes",
         "settings": {
-            "stride": {name: suite[name].model_dump() for name in methods},
+            "stride": {name: suite[name].model_dump(include=STRIDE_SECTIONS) for name in methods},
             "lambda_ratio": lam, "lasso_n_jobs": 1,
             "logra": {"damping": damping, "proj_dim": "auto", "chunk_size": "auto", "seed": 0},
             "n": task.n, "queries_timed": len(task.query_ids["test"]),
         },
         "measured_vs_scaled": (
-            "operator training = seconds per step x the suite's steps: at the first size the methods in "
-            "full_steps_first run all steps (train_s_measured), elsewhere the median over 3 runs of a few steps "
-            "(steps_measured in all) after a 2-step warm-up. logra training gradients = seconds per example on "
-            "grad_examples_measured examples x n. STRIDE's per-query Lasso at sizes after the first is the first "
-            "size's (same K x n problem; its own, on briefly trained models and operators, is "
-            "lasso_own_per_query_s). Everything else is measured at full size; per-query costs are medians of "
-            "repeats (one run when a run takes over 20 s)."),
+            "STRIDE's seconds are the engine facade's phases (stride.seconds: cache, fit, measure, recover). "
+            "Operator training = fit_operators seconds per step (over a 0-step fit) x the suite's steps: at the first "
+            "size the methods in full_steps_first run all steps (train_s_measured), elsewhere the median over 3 fits "
+            "of a few steps each (steps_measured in all; each a fresh bank of bank_steps steps) after a 2-step "
+            "warm-up. logra training gradients = seconds per example on grad_examples_measured examples x n. "
+            "STRIDE's per-query Lasso at sizes after the first is the first size's (same K x n problem; its own, on "
+            "briefly trained models and operators, is lasso_own_per_query_s). Everything else is measured at full "
+            "size; per-query costs are medians of repeats (one run when a run takes over 20 s)."),
         "full_steps_first": sorted(full_first),
         "methods": methods,
         "sizes": sizes,
@@ -515,14 +494,12 @@ def main() -> None:
         "total_seconds": None,
     }
     analyse(report)
-    report["total_seconds"] = now() - started
+    report["total_seconds"] = time.perf_counter() - started
     report["machine"]["cpu_over_wall"] = (time.process_time() - started_cpu) / report["total_seconds"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print()
-    print(markdown(report))
-    print(f"\nwritten {out} ({report['total_seconds']:.0f}s)")
+    print(f"\n{markdown(report)}\n\nwritten {out} ({report['total_seconds']:.0f}s)")
 
 
 if __name__ == "__main__":

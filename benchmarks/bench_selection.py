@@ -4,7 +4,7 @@ For each size N (a fraction of the 1,004 training passages), the test queries ar
 ``selection.select`` keeps the N passages with the most influence on them, by STRIDE (logit
 form, the settings of ``suites.lm_stride``) and by TF-IDF similarity; a small GPT-2 is
 retrained with the task's recipe on each selection and on random selections of the same size
-(``selection.selection_benefit``); the test queries' mean loss is reported for each. A second
+(``selection_bench.selection_benefit``); the test queries' mean loss is reported for each. A second
 check removes harmful examples and compares with removing as many random ones: those the
 curation policy drops (``curation.curate``, default settings, on STRIDE's scores), and the
 ``--harmful-k`` examples of most negative mean influence on the test queries.
@@ -36,33 +36,34 @@ import torch
 from stride_assets.engine.artifacts import atomic_path
 from stride_assets.engine.config import CurationConfig
 from stride_assets.engine.curation import curate
-from stride_assets.engine.evaluation import stride_method, suites
+from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import scores_frame
 from stride_assets.engine.evaluation.lm_task import pydoc_task
-from stride_assets.engine.evaluation.methods import METHODS
-from stride_assets.engine.selection import select, selection_benefit, selection_mask
+from stride_assets.engine.evaluation.methods import score_method
+from stride_assets.engine.evaluation.selection_bench import selection_benefit, selection_mask
+from stride_assets.engine.selection import select
 
 LAMBDA_RATIO = 0.2  # chosen on validation by the full pydoc-gpt benchmark
+STRIDE_SECTIONS = {"design", "operators", "training", "measure", "recovery"}  # the settings that shape the scores
 
 
 def stride_scores(task, trained, cache: Path, log) -> tuple[np.ndarray, dict[str, Any]]:
     """STRIDE (logit form) influence of the training passages on the test queries, (Q, n).
 
-    Kept in ``cache`` under a hash of the settings, recipe and ids: a re-run skips the fit.
+    Kept in ``cache`` under a hash of the settings, recipe, max_length and ids: a re-run skips the fit.
     """
     settings = suites.lm_stride(quick=False)["stride_logit"].with_(
         recovery={"lambda_ratio": LAMBDA_RATIO, "n_jobs": 1})
-    key = hashlib.sha256("\0".join([settings.model_dump_json(), repr(task.recipe), repr(task.example_ids),
-                                     repr(task.query_ids)]).encode()).hexdigest()[:16]
+    parts = [settings.model_dump_json(include=STRIDE_SECTIONS), repr(task.recipe), str(task.max_length),
+             repr(task.example_ids), repr(task.query_ids)]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     path = cache / f"stride_scores_{key}.npz"
     if path.exists():
         with np.load(path) as stored:
             scores, seconds = stored["scores"], float(stored["seconds"])
     else:
         start = time.perf_counter()
-        fitted = stride_method.fit(task, trained, settings)
-        Y, _ = stride_method.measure(task, fitted, "test")
-        scores, _ = stride_method.decode(Y, fitted)
+        scores = score_method("stride", task, trained, "test", config=settings).scores
         seconds = time.perf_counter() - start
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -129,7 +130,7 @@ def main() -> None:
     full_loss = float(task.query_losses(trained.model, "test").mean())
     log(f"base model on all {task.n} passages: test loss {full_loss:.4f}")
     cache = Path(args.cache)
-    method_scores = {"tfidf": METHODS["tfidf"](task, trained, "test", on="token_ids").scores}
+    method_scores = {"tfidf": score_method("tfidf", task, trained, "test", on="token_ids").scores}
     method_scores["stride"], stride_info = stride_scores(task, trained, cache, log)
     frames = {name: scores_frame(s, task) for name, s in method_scores.items()}
     candidates = pl.DataFrame({"example_id": task.example_ids, "text": task.texts()})
@@ -158,7 +159,7 @@ def main() -> None:
     report = {
         "command": command,
         "task": {"name": task.name, "n": task.n, "test_queries": len(task.query_ids["test"]),
-                 "recipe": repr(task.recipe)},
+                 "recipe": repr(task.recipe), "max_length": task.max_length},
         "target": "test queries (mean next-token NLL); one task",
         "full_data_test_loss": full_loss,
         "n_random": args.random, "seed": args.seed,
