@@ -71,8 +71,8 @@ def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: f
     cfg = load_config(profile, {"corpus": {"source": "files", "paths": [str(data)], "max_examples": None,
                                            "shard_size": int(per_shard)}})
     inc_store, full_store = Store(folder.file("store", "incremental")), Store(folder.file("store", "full"))
-    for folder in (inc_store.root, full_store.root):
-        shutil.rmtree(folder, ignore_errors=True)
+    for root in (inc_store.root, full_store.root):
+        shutil.rmtree(root, ignore_errors=True)
     log(f"[incremental] {profile} profile: {base_shards} shards of {per_shard} passages, appending {n_new}")
     start = time.perf_counter()
     for stage in SHARED:
