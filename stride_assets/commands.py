@@ -82,7 +82,7 @@ def run(only_changed: bool = False) -> int:
     with dg.DagsterInstance.get() as instance:
         # Only loggers named in the run config are used; every event still goes to the instance's event log.
         results = run_pipeline(definitions.defs(), instance, cfg, only_changed=only_changed,
-                               loggers={"progress": progress_logger(instance, pipeline.STAGES)},
+                               loggers={"progress": progress_logger(instance, pipeline.STAGES, say)},
                                run_config={"loggers": {"progress": {}}}, log=say)
     elapsed = time.monotonic() - started
     failed = [r for r in results if not r.success]

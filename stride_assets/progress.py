@@ -23,10 +23,6 @@ import dagster as dg
 Say = Callable[[str], None]
 
 
-def _say(message: str) -> None:
-    print(message, flush=True)
-
-
 def root_cause(error: Any) -> str:
     """The innermost error of a Dagster step failure (the engine's own exception, not the wrapper)."""
     while error.cause is not None:
@@ -46,7 +42,7 @@ def _failure(event: dg.DagsterEvent, fallback: str | None) -> str:
 class RunFollower(logging.Handler):
     """Prints a run's progress lines: on every record, the event-log entries stored since the last one."""
 
-    def __init__(self, instance: dg.DagsterInstance, run_id: str, stages: Collection[str], say: Say = _say) -> None:
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, stages: Collection[str], say: Say) -> None:
         super().__init__(logging.DEBUG)  # Dagster events (step start/end, checks) are DEBUG records
         self._instance, self._run_id, self._say = instance, run_id, say
         self._stages = set(stages)  # check steps report through their evaluation instead
@@ -83,7 +79,7 @@ class RunFollower(logging.Handler):
         return None
 
 
-def progress_logger(instance: dg.DagsterInstance, stages: Collection[str], say: Say = _say) -> dg.LoggerDefinition:
+def progress_logger(instance: dg.DagsterInstance, stages: Collection[str], say: Say) -> dg.LoggerDefinition:
     """A Dagster logger printing the progress of each run it is attached to (see the module doc)."""
 
     followers: dict[str, RunFollower] = {}  # Dagster may build a run's loggers more than once: one cursor per run

@@ -31,15 +31,13 @@ MAX_INLINE_PLOT_BYTES = 512 * 1024
 shard_partitions = dg.DynamicPartitionsDefinition(name="shards")
 batch_partitions = dg.DynamicPartitionsDefinition(name="query_batches")
 block_partitions = dg.MultiPartitionsDefinition({"batch": batch_partitions, "shard": shard_partitions})
+PARTITIONS: dict[tuple[str, ...], dg.PartitionsDefinition | None] = {
+    (): None, ("shard",): shard_partitions, ("batch",): batch_partitions, ("shard", "batch"): block_partitions}
 
 
 def partitions_for(keys: tuple[str, ...], retrains: list[str]) -> dg.PartitionsDefinition | None:
-    """The Dagster partitions of a stage partitioned by ``keys``."""
-    table: dict[tuple[str, ...], dg.PartitionsDefinition | None] = {
-        (): None, ("shard",): shard_partitions, ("batch",): batch_partitions, ("shard", "batch"): block_partitions}
-    if keys == ("retrain",):
-        return dg.StaticPartitionsDefinition(retrains)
-    return table[keys]
+    """The Dagster partitions of a stage partitioned by ``keys`` (the retrains: static, from the profile)."""
+    return dg.StaticPartitionsDefinition(retrains) if keys == ("retrain",) else PARTITIONS[keys]
 
 
 def partition_mapping(down: tuple[str, ...], up: tuple[str, ...]) -> dg.PartitionMapping | None:

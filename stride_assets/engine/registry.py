@@ -61,27 +61,27 @@ def by_name(specs: Iterable[StageSpec]) -> dict[str, StageSpec]:
     return {s.name: s for s in specs}
 
 
+def _reach(start: Iterable[str], step: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every name reached from ``start`` by repeating ``step`` (``start`` included)."""
+    found: set[str] = set()
+    frontier = set(start)
+    while frontier:
+        found |= frontier
+        frontier = {n for f in frontier for n in step(f)} - found
+    return found
+
+
 def downstream(specs: Iterable[StageSpec], name: str) -> set[str]:
     """Every stage that reads ``name``'s artifacts, directly or through others."""
     specs = list(specs)
-    found: set[str] = set()
-    frontier = {name}
-    while frontier:
-        nxt = {s.name for s in specs if set(s.upstream) & frontier} - found
-        found |= nxt
-        frontier = nxt
-    return found
+    readers = {s.name: [r.name for r in specs if s.name in r.upstream] for s in specs}
+    return _reach(readers[name], readers.__getitem__)
 
 
 def upstream(specs: Iterable[StageSpec], name: str) -> set[str]:
     """Every stage whose artifacts ``name`` reads, directly or through others."""
     by = by_name(specs)
-    found: set[str] = set()
-    frontier = set(by[name].upstream)
-    while frontier:
-        found |= frontier
-        frontier = {u for f in frontier for u in by[f].upstream} - found
-    return found
+    return _reach(by[name].upstream, lambda n: by[n].upstream)
 
 
 def jobs(specs: Iterable[StageSpec]) -> dict[str, list[StageSpec]]:

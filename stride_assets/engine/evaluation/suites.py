@@ -20,11 +20,11 @@ from typing import Any
 
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.errors import StrideInputError
-from stride_assets.engine.store import BenchFolder
 from stride_assets.engine.evaluation import report
 from stride_assets.engine.evaluation.bench import MethodSpec, Protocol
 from stride_assets.engine.evaluation.report import TrackedRun
 from stride_assets.engine.evaluation.task import Task
+from stride_assets.engine.store import BenchFolder
 
 LAMBDA_GRID = [{"lambda_ratio": r} for r in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
 DAMPING_GRID = [{"damping": d} for d in (1e-3, 1e-2, 1e-1, 1.0)]
