@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from stride_assets.defs.assets import stage_assets
+from stride_assets.defs.automation import automation_sensor
 from stride_assets.defs.jobs import build_jobs, nightly
 from stride_assets.defs.sensors import corpus_sensor
 from stride_assets.defs.sources import corpus_source
@@ -36,7 +37,7 @@ def build_defs(profile: str = "default", storage_root: str | None = None, resour
     return dg.Definitions(
         assets=[corpus_source, *stage_assets(SPECS, loaded, retrain_keys(EvaluationRun.from_profile(loaded)))],
         jobs=list(jobs.values()),
-        sensors=[corpus_sensor(by_stage["training_corpus"], by_stage["query_set"])],
+        sensors=[corpus_sensor(by_stage["training_corpus"], by_stage["query_set"]), automation_sensor(SPECS)],
         schedules=[nightly(by_stage["curated_dataset"])],
         resources=resources if resources is not None else build_resources(profile, storage_root),
         executor=executor or executor_from_env(),

@@ -18,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 
+from stride_assets.defs.automation import refresh_condition
 from stride_assets.defs.checks import check_results, check_specs
 from stride_assets.engine import registry
 from stride_assets.engine.config import Profile
@@ -96,13 +97,15 @@ def stage_asset(spec: StageSpec, settings: Any, partitions: dg.PartitionsDefinit
         kinds={*spec.kinds, "mlflow"},
         description=spec.description,
         code_version=registry.code_version(spec, settings),
-        automation_condition=dg.AutomationCondition.eager() if spec.eager else None,
+        automation_condition=refresh_condition(spec) if spec.eager else None,
         check_specs=check_specs(spec),
     )
     def _stage(context: dg.AssetExecutionContext, stride: StrideResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
         cfg = (spec.configure or Profile.pipeline)(stride.load())
-        result = registry.execute(spec, cfg, stride.store(), context.log.info, **stage_keys(spec, context))
-        tracking = mlflow.log_stage(context, result, extra_tags={"stride_profile": stride.profile})
+        store = stride.store()
+        result = registry.execute(spec, cfg, store, context.log.info, **stage_keys(spec, context))
+        tracking = mlflow.log_stage(context, result, extra_tags={"stride_profile": stride.profile},
+                                    pending=store.file("untracked_run", f"{context.run.run_id}-{spec.name}"))
         return dg.MaterializeResult(metadata={**stage_metadata(result), **tracking},
                                     data_version=dg.DataVersion(result.fingerprint),
                                     check_results=check_results(spec, result, cfg))

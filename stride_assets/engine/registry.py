@@ -44,6 +44,7 @@ class StageSpec:
     group: str = ""  # Dagster asset group
     kinds: tuple[str, ...] = ()  # Dagster kinds (the UI's tags), besides "mlflow"
     eager: bool = False  # re-materializes by itself when an upstream block changes (declarative automation)
+    triggers: tuple[str, ...] = ()  # the upstream stages whose updates re-run it (empty: every upstream)
     job: str = ""  # the layer job that runs it: stages of one job share their keys
     checks: tuple[Check, ...] = ()  # evaluated on its result, emitted with its materialization
     configure: Callable[[Any], Any] | None = None  # profile -> the config object ``run`` takes (None: the pipeline's)
