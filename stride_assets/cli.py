@@ -30,6 +30,8 @@ def _apply_common(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.no_mlflow:
+        os.environ["STRIDE_TRACKING"] = "off"
     return commands.run(only_changed=args.incremental)
 
 
@@ -52,6 +54,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return commands.mlflow_ui(args.port)
+
+
+def cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    return commands.mlflow_sync()
 
 
 def _names(value: str) -> list[str]:
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="DIR", help=store_help)
     run.add_argument("--incremental", action="store_true",
                      help="only new or changed shards and query batches (and what depends on them)")
+    run.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow (STRIDE_TRACKING=off)")
     run.set_defaults(func=cmd_run)
 
     attr = sub.add_parser("attribute", help="attribute new texts with the stored operators (no retraining)")
@@ -113,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     mlui = sub.add_parser("mlflow-ui", help=f"the MLflow UI on http://{HOST}:{MLFLOW_PORT}")
     mlui.add_argument("--port", type=int, default=MLFLOW_PORT)
     mlui.set_defaults(func=cmd_mlflow_ui)
+
+    sync = sub.add_parser("mlflow-sync", help="log the runs kept while MLflow was unreachable")
+    sync.add_argument("--store", metavar="DIR", help=store_help)
+    sync.set_defaults(func=cmd_mlflow_sync)
     return parser
 
 

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from stride_assets import tracking
 from stride_assets.engine.config import Profile, StrideConfig, load_profile
-from stride_assets.engine.errors import StrideConfigError
+from stride_assets.engine.errors import StrideConfigError, StrideError
 from stride_assets.engine.store import Store
 from stride_assets.tracking import MLFLOW_UI_URL, default_artifact_root, default_storage_root, default_tracking_uri
 
@@ -82,6 +82,8 @@ class MlflowTracking(dg.ConfigurableResource):
     )
     ui_url: str = Field(default=MLFLOW_UI_URL, description="base URL of `stride mlflow-ui`, for run links")
     enabled: bool = True
+    strict: bool = Field(default=False, description="fail the step when MLflow cannot be reached, instead of "
+                         "warning and keeping the run to log later (`stride mlflow-sync`)")
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or default_tracking_uri()
@@ -103,12 +105,15 @@ class MlflowTracking(dg.ConfigurableResource):
         context: dg.AssetExecutionContext,
         result: StageResult,
         extra_tags: Mapping[str, str] | None = None,
+        pending: Path | None = None,
     ) -> dict[str, dg.MetadataValue]:
-        """Log one stage result as an MLflow run; return the Dagster metadata that links to it."""
+        """Log one stage result as an MLflow run; return the Dagster metadata that links to it.
+
+        When MLflow cannot be reached the step goes on untracked (unless ``strict``): a loud warning,
+        and the run is kept at ``pending`` to be logged later by ``stride mlflow-sync``.
+        """
         if not self.enabled:
-            return {}
-        client = self._client()
-        exp_id = self.experiment_id(client)
+            return {"mlflow": dg.MetadataValue.text("off")}
         asset_key = context.asset_key.to_user_string()
         tags = {
             "dagster_run_id": context.run.run_id,
@@ -119,16 +124,39 @@ class MlflowTracking(dg.ConfigurableResource):
             **({"dagster_partition_key": context.partition_key} if context.has_partition_key else {}),
             **dict(extra_tags or {}),
         }
-        run_id = tracking.log_run(
-            client, exp_id, asset_key, tags, params=result.params, metrics=result.metrics, curves=result.curves,
-            texts={f"tables/{name}.md": text for name, text in result.markdown.items()},
-            artifacts={"plots": result.plots.values(), "files": result.files},
-        )
-        context.log.info(f"MLflow run {run_id} in experiment {self.experiment_name!r} ({self.resolved_tracking_uri()})")
+        run = dict(run_name=asset_key, tags=tags, params=result.params, metrics=result.metrics, curves=result.curves,
+                   texts={f"tables/{name}.md": text for name, text in result.markdown.items()},
+                   artifacts={"plots": list(result.plots.values()), "files": result.files})
+        uri = self.resolved_tracking_uri()
+        try:
+            client = self._client()
+            exp_id = self.experiment_id(client)
+            run_id = tracking.log_run(client, exp_id, **run)
+        except Exception as exc:
+            if self.strict or pending is None:
+                raise StrideError(f"MLflow tracking failed ({uri}): {exc} (set STRIDE_TRACKING=on to continue "
+                                  "untracked, or off to skip tracking)") from exc
+            kept = tracking.save_pending(pending, self.experiment_name, **run)
+            context.log.warning(f"MLflow at {uri} failed ({type(exc).__name__}: {exc}); the step goes on UNTRACKED. "
+                                f"Its run is kept in {kept}: log it with `stride mlflow-sync` once MLflow is back.")
+            return {"mlflow": dg.MetadataValue.text(f"untracked: kept in {kept}")}
+        context.log.info(f"MLflow run {run_id} in experiment {self.experiment_name!r} ({uri})")
         return {
             "mlflow_run_id": dg.MetadataValue.text(run_id),
             "mlflow_run": dg.MetadataValue.url(self.run_url(exp_id, run_id)),
         }
+
+
+TRACKING_MODES = {"on": (True, False), "strict": (True, True), "off": (False, False)}
+
+
+def tracking_mode() -> tuple[bool, bool]:
+    """(enabled, strict) from ``STRIDE_TRACKING``: on (default; warn and continue when MLflow is down),
+    strict (fail instead), off (no tracking)."""
+    mode = (os.environ.get("STRIDE_TRACKING") or "on").strip().lower()
+    if mode not in TRACKING_MODES:
+        raise StrideConfigError(f"STRIDE_TRACKING={mode!r} is not one of {', '.join(TRACKING_MODES)}")
+    return TRACKING_MODES[mode]
 
 
 def profile_from_env() -> str:
@@ -146,5 +174,7 @@ def build_resources(profile: str | None = None, storage_root: str | None = None)
         "mlflow": MlflowTracking(
             tracking_uri=default_tracking_uri(),
             artifact_root=default_artifact_root() or "",
+            enabled=tracking_mode()[0],
+            strict=tracking_mode()[1],
         ),
     }

@@ -9,11 +9,14 @@ artifacts in ``mlartifacts/`` beside the database. mlflow is imported lazily (ab
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from stride_assets.engine.evaluation.report import TrackedRun
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIDE_DIR = REPO_ROOT / ".stride"
 MLFLOW_UI_URL = "http://127.0.0.1:5000"
+
+CONNECT_TIMEOUT_S = 3.0  # a tracking server that does not accept a connection by then is unreachable
+REQUEST_TIMEOUT_S = 20.0  # MLflow's per-request timeout (its default is 120 s with 7 retries)
 
 # MLflow's per-call limits for log_batch.
 _MAX_PARAMS_PER_BATCH = 100
@@ -50,8 +56,29 @@ def default_artifact_root(tracking_uri: str | None = None) -> str | None:
     return (db.parent / "mlartifacts").as_uri() if db else None
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_reachable(tracking_uri: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """For an http(s) tracking server, a TCP connect within ``timeout`` seconds (MLflow's own client
+    would retry for minutes); raises ``TrackingUnavailable``. Local stores need no check."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout).close()
+    except OSError as exc:
+        raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} is unreachable ({exc})") from exc
+
+
 def client(tracking_uri: str) -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # a server that stops answering mid-run fails a call in seconds, not after MLflow's minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(REQUEST_TIMEOUT_S)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    check_reachable(tracking_uri)
     if db := sqlite_path(tracking_uri):
         db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
@@ -137,3 +164,34 @@ def log_bench(run: TrackedRun, tracking_uri: str, experiment: str = "stride-benc
     exp_id = experiment_id(mlflow_client, experiment, default_artifact_root(tracking_uri))
     return log_run(mlflow_client, exp_id, run.name, run.tags, params=run.params, metrics=run.metrics,
                    texts=run.texts, artifacts={"": run.files})
+
+
+# ---------------------------------------------------------------- runs logged later
+def save_pending(path: Path, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                 metrics: Mapping[str, Any], curves: Mapping[str, Iterable[tuple[int, float]]],
+                 texts: Mapping[str, str], artifacts: Mapping[str, Iterable[Path]]) -> Path:
+    """Keep a run that could not be logged, to log it later with ``log_pending`` (atomically written)."""
+    from stride_assets.engine.artifacts import write_json
+
+    record = {"experiment": experiment, "run_name": run_name, "tags": dict(tags),
+              "params": {k: str(v) for k, v in params.items()},
+              "metrics": {k: f for k, v in metrics.items() if (f := _as_float(v)) is not None},
+              "curves": {k: [[int(step), float(v)] for step, v in series] for k, series in curves.items()},
+              "texts": dict(texts), "artifacts": {k: [str(p) for p in paths] for k, paths in artifacts.items()}}
+    return write_json(record, path)
+
+
+def log_pending(paths: Iterable[Path], tracking_uri: str, artifact_root: str | None) -> list[str]:
+    """Log every kept run (files whose artifacts are gone are logged without them); each file is
+    removed once its run is logged. Returns the new run ids."""
+    mlflow_client, ids = client(tracking_uri), []
+    for path in sorted(paths):
+        record = json.loads(Path(path).read_text())
+        exp_id = experiment_id(mlflow_client, record["experiment"], artifact_root)
+        artifacts = {k: [Path(p) for p in v if Path(p).exists()] for k, v in record["artifacts"].items()}
+        ids.append(log_run(mlflow_client, exp_id, record["run_name"], record["tags"], params=record["params"],
+                           metrics=record["metrics"], curves={k: [tuple(x) for x in v] for k, v in
+                                                              record["curves"].items()},
+                           texts=record["texts"], artifacts=artifacts))
+        Path(path).unlink()
+    return ids
