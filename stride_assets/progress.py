@@ -24,8 +24,9 @@ Say = Callable[[str], None]
 
 
 def root_cause(error: Any) -> str:
-    """The innermost error of a Dagster step failure (the engine's own exception, not the wrapper)."""
-    while error.cause is not None:
+    """The error the step's own code raised, under Dagster's wrappers: the engine's message, which
+    names the file, row or setting (not only the library error it wraps, which is its own cause)."""
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
         error = error.cause
     return error.message.strip()  # already "module.ClassName: message"
 

@@ -132,16 +132,68 @@ def test_run_reports_the_failing_stage(
     from stride_assets.engine.config import profile_path
 
     broken = yaml.safe_load(profile_path("micro").read_text())
-    broken["design"] = {"K": 5000, "d": 2}  # too many subsets for a shard: the corpus stage's preflight says so
+    broken["design"] = {"K": 5000, "d": 2}  # too many subsets for a shard: the preflight says so before any run
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
-    assert cli.main(["run", "--profile", str(tmp_path / "broken.yaml"), "--store", str(tmp_path / "s")]) == 1
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh2"))  # an instance serves one profile and store
+    assert cli.main(["run", "--profile", str(tmp_path / "broken.yaml"), "--store", str(tmp_path / "s2")]) == 1
     captured = capsys.readouterr()
-    assert "! training_corpus FAILED" in captured.out
-    assert "- steering_operators skipped" in captured.out
-    assert "stride run FAILED" in captured.err
-    assert "training_corpus: stride_assets.engine.errors.StrideConfigError" in captured.err
-    assert "is too large" in captured.err and "design.K=5000 per corpus.shard_size=80" in captured.err
+    assert "stride: error:" in captured.err and "is too large" in captured.err
+    assert "design.K=5000 per corpus.shard_size=80" in captured.err
     with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs()  # newest first: the shard run failed after the model run succeeded
-        assert [r.job_name for r in runs] == ["stride_shard_job", "stride_model_job"]
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]
+        assert instance.get_runs() == []  # the base model never trained
+
+    # a stage that raises fails its run, and the message keeps the engine's words (the file), not
+    # only the library error underneath
+    bad_queries = tmp_path / "queries.jsonl"
+    bad_queries.write_text("this is not json\n")
+    broken = yaml.safe_load(profile_path("micro").read_text())
+    broken["queries"]["path"] = str(bad_queries)
+    (tmp_path / "bad_queries.yaml").write_text(yaml.safe_dump(broken))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh3"))
+    assert cli.main(["run", "--profile", str(tmp_path / "bad_queries.yaml"), "--store", str(tmp_path / "s3")]) == 1
+    captured = capsys.readouterr()
+    assert "! query_set FAILED" in captured.out
+    assert "stride run FAILED" in captured.err
+    assert "query_set: stride_assets.engine.errors.StrideInputError" in captured.err
+    assert str(bad_queries) in captured.err
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()  # newest first: the query run failed after the model and shard runs
+        assert [r.job_name for r in runs] == ["stride_queries_job", "stride_shard_job", "stride_shard_job",
+                                              "stride_model_job"]
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE] + [dg.DagsterRunStatus.SUCCESS] * 3
+
+
+def test_bad_yaml_is_one_line_with_its_position(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("corpus:\n  source: files\n  paths: [a, b\nmodel: {}\n")
+    assert cli.main(["run", "--profile", str(bad), "--store", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "line 4, column 6" in err and str(bad) in err
+
+
+def test_an_instance_serves_one_profile_and_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The first use records the profile and store with the instance; a CLI run or a code location
+    (what the daemon and the UI load) with other ones is refused, naming both."""
+    import definitions
+    from stride_assets.engine.errors import StrideConfigError
+    from stride_assets.location import bind
+
+    home = tmp_path / "dh"
+    home.mkdir()
+    bind(home, "micro", tmp_path / "s")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert cli.main(["run", "--profile", "default", "--store", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "serves profile" in err and "micro.yaml" in err and "default.yaml" in err
+    monkeypatch.setenv("STRIDE_PROFILE", "micro")
+    monkeypatch.setenv("STRIDE_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(StrideConfigError, match="elsewhere"):
+        definitions.defs()
+    monkeypatch.setenv("STRIDE_HOME", str(tmp_path / "s"))
+    assert definitions.defs().resolve_job_def("stride_shard_job")  # the instance's own profile and store load
+    # without DAGSTER_HOME, a store of one's own gets an instance of its own
+    monkeypatch.delenv("DAGSTER_HOME")
+    from stride_assets import commands
+
+    assert commands.default_dagster_home() == (tmp_path / "s").resolve() / ".dagster_home"

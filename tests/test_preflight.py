@@ -66,3 +66,33 @@ def test_unknown_profile_and_bad_values_are_config_errors():
         load_config("micro", {"recovery": {"lambda_ratio": 1.5}})
     with pytest.raises(StrideConfigError, match="extra|Extra"):
         load_config("micro", {"design": {"k": 3}})
+
+
+def test_preflight_checks_every_shard_before_any_work(tmp_path):
+    from stride_assets.engine.preflight import preflight
+
+    text = "a passage of documentation text that is long enough to keep, number {}"
+    pl.DataFrame({"text": [text.format(i) for i in range(40)], "id": [f"e{i}" for i in range(40)]}).write_parquet(
+        tmp_path / "a.parquet")
+    pl.DataFrame({"text": [text.format(i + 40) for i in range(40)], "id": [f"e{i + 39}" for i in range(40)]}).write_parquet(
+        tmp_path / "b.parquet")
+    files = {"source": "files", "paths": [str(tmp_path)], "id_column": "id", "max_examples": None}
+    with pytest.raises(StrideInputError, match="'e39' is in shard 'a' and in shard 'b'"):
+        preflight(load_config("micro", {"corpus": files}))
+    (tmp_path / "b.parquet").unlink()
+    assert set(preflight(load_config("micro", {"corpus": files}))) == {"a"}
+    with pytest.raises(StrideConfigError, match="shard 'a'.*too large|too large.*shard 'a'"):
+        preflight(load_config("micro", {"corpus": files, "design": {"K": 5000, "d": 2}}))
+
+
+def test_shard_names_stay_inside_the_store(tmp_path):
+    from stride_assets.engine.shards import key_of, shard_names
+
+    (tmp_path / "data").mkdir()
+    pl.DataFrame({"text": ["some passage long enough to be kept as it is"] * 3}).write_parquet(
+        tmp_path / "data" / "...parquet")
+    # a folder skips hidden files; a file named explicitly is read, and its stem is ".."
+    cfg = load_config("micro", {"corpus": {"source": "files", "paths": [str(tmp_path / "data" / "...parquet")]}})
+    assert shard_names(cfg.corpus) == ["__"] and key_of("..") == "__"
+    with pytest.raises(StrideInputError, match="leave the store"):
+        Store(tmp_path / "store").stage("training_corpus", "..")

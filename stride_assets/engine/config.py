@@ -274,7 +274,17 @@ class Profile:
 
 def load_profile(profile: str = "default", overrides: dict[str, Any] | None = None) -> Profile:
     """Read a profile and apply nested overrides, e.g. ``{"design": {"K": 128}}``."""
-    raw = yaml.safe_load(profile_path(profile).read_text()) or {}
+    path = profile_path(profile)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StrideConfigError(f"profile {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise StrideConfigError(f"profile {path} must be a mapping of sections (corpus:, model:, ...), "
+                                f"not a {type(raw).__name__}")
     merged = _deep_merge(raw, overrides or {})
     sections = {name: merged.pop(name) or {} for name in HARNESS_SECTIONS if name in merged}
     try:

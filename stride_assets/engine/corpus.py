@@ -101,6 +101,11 @@ def _check_text_values(values: list[Any], column: str, where: str) -> None:
             raise StrideInputError(
                 f"{where}: text column {column!r} must hold strings, but row {i} is {_describe(value)}"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. a lone surrogate from a JSON escape
+            raise StrideInputError(f"{where}: text column {column!r} at row {i} is not valid Unicode "
+                                   f"({exc.reason} at character {exc.start})") from None
 
 
 def _read_json_records(path: Path) -> pl.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,16 @@ EOS = "<|endoftext|>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+MAX_WORD_CHARS = 256  # longer whitespace-free runs are cut for tokenizer training (BPE merges are quadratic in them)
+
+
+def _bounded_words(text: str) -> str:
+    """``text`` with every run of more than ``MAX_WORD_CHARS`` non-space characters broken by spaces."""
+    return re.sub(rf"\S{{{MAX_WORD_CHARS + 1},}}",
+                  lambda m: " ".join(m.group()[i:i + MAX_WORD_CHARS] for i in range(0, len(m.group()), MAX_WORD_CHARS)),
+                  text)
+
+
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2 style) learned from ``texts``; deterministic.
 
@@ -55,7 +66,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator((_bounded_words(t) for t in texts), trainer=trainer, length=len(texts))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=EOS, padding_side="right"
     )

@@ -20,6 +20,7 @@ import polars as pl
 from stride_assets.engine import registry
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.preflight import preflight
 from stride_assets.engine.query import attribute
 from stride_assets.engine.result import StageResult
 from stride_assets.engine.stages import STAGES as SPECS
@@ -63,7 +64,8 @@ def blocks(name: str, cfg: StrideConfig) -> list[dict[str, str]]:
 
 
 def run_all(cfg: StrideConfig, store: Store, log: Callable[[str], None] = print) -> dict[str, list[StageResult]]:
-    """Every block of every stage, in order."""
+    """Every block of every stage, in order (after ``preflight``: bad shards fail before any work)."""
+    preflight(cfg)
     return {name: [run_stage(name, cfg, store, log, **keys) for keys in blocks(name, cfg)] for name in STAGES}
 
 

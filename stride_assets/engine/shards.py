@@ -30,8 +30,10 @@ QUERY_SUFFIXES = {".parquet", ".jsonl", ".ndjson"}
 
 
 def key_of(stem: str) -> str:
-    """A file stem as a partition key: other characters become '_'."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "_"
+    """A file stem as a partition key: other characters become '_', and so do leading dots (a key is
+    a folder name under the store: ``..`` must not climb out of it)."""
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    return re.sub(r"^\.+", lambda m: "_" * len(m.group()), key) or "_"
 
 
 def derive_seed(seed: int, name: str) -> int:

@@ -9,7 +9,7 @@ from stride_assets.engine import lm
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import file_digest, write_parquet
 from stride_assets.engine.config import StrideConfig
-from stride_assets.engine.design import shard_K, validate_design
+from stride_assets.engine.preflight import check_shard
 from stride_assets.engine.result import StageResult, markdown_table
 from stride_assets.engine.store import Store
 
@@ -19,13 +19,11 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str)
     passages = shards_mod.load_shard(cfg.corpus, shard)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     # fail now, not after hours of work, on settings that cannot work for this shard
-    dc, size = cfg.design, cfg.corpus.shard_size
-    validate_design(train.height, shard_K(dc.K, dc.d, train.height, size), dc.d,
-                    note=f" (shard {shard!r}: design.K={dc.K} per corpus.shard_size={size} examples, scaled to its "
-                    f"{train.height})")
+    check_shard(cfg, shard, train.height)
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
     files = [write_parquet(train, store.file("train", shard)), write_parquet(holdout, store.file("holdout", shard))]
+    store.seal(*files)
     store.write_args("training_corpus", {**cfg.corpus.model_dump(), "shard": shard}, shard)
     lengths = train["text"].str.len_chars()
     log(f"corpus shard {shard}: {train.height} training passages, {holdout.height} held out")

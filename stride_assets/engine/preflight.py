@@ -1,0 +1,40 @@
+"""Cheap checks of a whole configuration before any expensive stage: shard sizes against the
+design, example ids unique across shards, shard names that stay inside the store, the model path.
+``stride run`` calls ``preflight`` before its first run; ``training_corpus`` checks its own shard
+with ``check_shard`` (so a shard added later is checked too)."""
+
+from __future__ import annotations
+
+from stride_assets.engine import corpus as corpus_mod
+from stride_assets.engine import lm
+from stride_assets.engine import shards as shards_mod
+from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.design import shard_K, validate_design
+from stride_assets.engine.errors import StrideInputError
+
+
+def check_shard(cfg: StrideConfig, shard: str, n_train: int) -> None:
+    """The settings can work for a shard of ``n_train`` training examples (else a clear error)."""
+    dc, size = cfg.design, cfg.corpus.shard_size
+    validate_design(n_train, shard_K(dc.K, dc.d, n_train, size), dc.d,
+                    note=f" (shard {shard!r}: design.K={dc.K} per corpus.shard_size={size} examples, scaled to its "
+                    f"{n_train})")
+
+
+def preflight(cfg: StrideConfig) -> dict[str, int]:
+    """Check every shard of the corpus and the model path; returns {shard: training examples}."""
+    lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
+    sizes: dict[str, int] = {}
+    owner: dict[str, str] = {}
+    for shard, passages in shards_mod.load_shards(cfg.corpus).items():
+        for eid in passages["example_id"].to_list():
+            if eid in owner:
+                raise StrideInputError(f"example id {eid!r} is in shard {owner[eid]!r} and in shard {shard!r}: "
+                                       "ids must be unique across the corpus (check corpus.id_column)")
+            owner[eid] = shard
+        train, _ = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
+        check_shard(cfg, shard, train.height)
+        sizes[shard] = train.height
+    if not sizes:
+        raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+    return sizes
