@@ -10,9 +10,12 @@ rename): a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
@@ -49,7 +52,12 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "eval_subsets": ("eval_subsets", "eval_subsets.parquet"),
     "retrained_losses": ("retrained_losses", "{key}.parquet"),  # one file per retrain
     "lds": ("lds_report", "lds.parquet"),
+    "untracked_run": ("untracked_mlflow", "{key}.json"),  # a stage's MLflow run kept while MLflow was down
 }
+
+
+LOCK_FILE = ".lock"
+SEALS = "digests.json"  # beside sealed artifacts: {file name: sha256 when it was written}
 
 
 def block_key(shard: str, batch: str) -> str:
@@ -69,6 +77,8 @@ class Store:
     # ------------------------------------------------------------ names
     def stage(self, name: str, key: str | None = None) -> Path:
         """The folder of a stage (of one of its partitions when ``key`` is given)."""
+        if key and (Path(key).is_absolute() or any(part in ("", ".", "..") for part in key.split("/"))):
+            raise StrideInputError(f"partition key {key!r} would leave the store's folder for stage {name!r}")
         return self.root / name / key if key else self.root / name
 
     def file(self, artifact: str, key: str | None = None, stage: str | None = None) -> Path:
@@ -90,16 +100,73 @@ class Store:
             raise StrideInputError(f"missing artifact {p}: materialize {where} first (storage root {self.root})")
         return p
 
+    # ------------------------------------------------------------ seals: content hashes checked on load
+    def seal(self, *paths: Path) -> None:
+        """Record the content hash of freshly written artifacts; ``verify`` checks it on every load."""
+        for folder in {Path(p).parent for p in paths}:
+            seals_path = folder / SEALS
+            seals = read_json(seals_path) if seals_path.exists() else {}
+            seals.update({Path(p).name: file_digest(p) for p in paths if Path(p).parent == folder})
+            write_json(seals, seals_path)
+
+    def verify(self, path: Path) -> Path:
+        """``path``, after checking it still has the content recorded by ``seal`` (a clear error if not)."""
+        seals_path = Path(path).parent / SEALS
+        if seals_path.exists() and (expected := read_json(seals_path).get(Path(path).name)) is not None:
+            if file_digest(path) != expected:
+                rel = Path(path).relative_to(self.root) if Path(path).is_relative_to(self.root) else path
+                raise StrideInputError(f"{path} changed since it was written (its content hash is not the "
+                                       f"recorded {expected[:12]}): it was overwritten or truncated; re-materialize "
+                                       f"{rel.parts[0]}" + (f" for {'/'.join(rel.parts[1:-1])}" if len(rel.parts) > 2
+                                                            else ""))
+        return Path(path)
+
+    def intact(self, stage: str, key: str | None = None) -> bool:
+        """Whether a stage's block is on disk (its args) with every sealed file as it was written."""
+        folder = self.stage(stage, key)
+        if not (folder / "args.json").exists():
+            return False
+        seals = read_json(folder / SEALS) if (folder / SEALS).exists() else {}
+        return all((folder / name).exists() and file_digest(folder / name) == digest for name, digest in seals.items())
+
     def write_args(self, stage: str, args: dict[str, Any], key: str | None = None) -> Path:
         return write_json(args, self.file("args", key, stage))
 
     def read_args(self, stage: str, key: str | None = None) -> dict[str, Any]:
         return read_json(self.require("args", key, stage))
 
+    # ------------------------------------------------------------ writers' safety
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store for one writing process (``<root>/.lock``); a second one fails at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise StrideInputError(f"store {self.root} is in use by another stride process "
+                                       f"({fh.read().strip() or 'unknown pid'}): wait for it or use another --store")
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete what a killed writer left (atomic writes' temp files and folders); call under ``lock``."""
+        found = [p for p in self.root.rglob(".*") if p.name.endswith(".tmp") or ".old." in p.name]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return found
+
     # ------------------------------------------------------------ readers
     def read_corpus(self, shard: str, part: str = "train") -> pl.DataFrame:
         """One shard's training passages (``part="holdout"``: its held-out query candidates)."""
-        return pl.read_parquet(self.require(part, shard))
+        return pl.read_parquet(self.verify(self.require(part, shard)))
 
     def read_train(self, shards: list[str]) -> pl.DataFrame:
         """The training parts of the shards, in order, with a global ``example_index`` and the ``shard``."""
@@ -121,10 +188,10 @@ class Store:
     def read_queries(self, batches: str | list[str]) -> pl.DataFrame:
         """The queries of one batch, or of several stacked."""
         names = [batches] if isinstance(batches, str) else batches
-        return pl.concat([pl.read_parquet(self.require("queries", b)) for b in names])
+        return pl.concat([pl.read_parquet(self.verify(self.require("queries", b))) for b in names])
 
     def read_design(self, shard: str) -> SubsetDesign:
-        pairs = pl.read_parquet(self.require("membership", shard))
+        pairs = pl.read_parquet(self.verify(self.require("membership", shard)))
         args = self.read_args("subset_design", shard)
         K, n = int(args["K"]), int(args["n"])
         M = sp.csr_matrix(
@@ -154,13 +221,15 @@ class Store:
         from stride_assets.engine.operators import OperatorBank
 
         args = self.read_args("steering_operators", shard)
-        return OperatorBank.load(self.require("operators", shard)), args
+        path = self.verify(self.require("operators", shard))
+        self.verify(path.with_suffix(".json"))
+        return OperatorBank.load(path), args
 
     def read_responses(self, batch: str, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
         """The batch's responses to every shard's operators, side by side: (query frame, Q x sum K)."""
         meta, blocks = None, []
         for shard in shards:
-            frame = pl.read_parquet(self.require("responses", block_key(shard, batch)))
+            frame = pl.read_parquet(self.verify(self.require("responses", block_key(shard, batch))))
             if meta is None:
                 meta = frame.drop("response")
             elif frame["query_id"].to_list() != meta["query_id"].to_list():
@@ -173,7 +242,7 @@ class Store:
 
     def read_scores(self, batches: list[str], artifact: str = "scores") -> pl.DataFrame:
         """The influence scores (``artifact="top_k"``: the top-k tables) of the query batches, stacked."""
-        return pl.concat([pl.read_parquet(self.require(artifact, b)) for b in batches])
+        return pl.concat([pl.read_parquet(self.verify(self.require(artifact, b))) for b in batches])
 
     def scored_inputs(self, batches: list[str], shards: list[str]) -> list[Path]:
         """The files a curated output is derived from: the batches' scores and the shards' passages."""
@@ -200,6 +269,11 @@ class Store:
         if not parts:
             return pl.DataFrame(schema={"subset_id": pl.Int64, "query_id": pl.String, "loss": pl.Float64})
         return pl.concat([pl.read_parquet(p) for p in parts]).sort("subset_id")
+
+    def untracked_runs(self) -> list[Path]:
+        """The MLflow runs kept while MLflow was unreachable (logged by ``stride mlflow-sync``)."""
+        folder, pattern = ARTIFACTS["untracked_run"]
+        return sorted(self.stage(folder).glob(pattern.format(key="*")))
 
     def read_lds(self) -> pl.DataFrame:
         return pl.read_parquet(self.require("lds"))

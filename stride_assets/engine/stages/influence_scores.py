@@ -56,6 +56,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str)
     per_query = meta.with_columns(lambda_ratio=rec.ratio, alpha=rec.alpha, r2=rec.r2, nnz=rec.nnz)
     paths = [write_parquet(scores, store.file("scores", batch)), write_parquet(top, store.file("top_k", batch)),
              write_parquet(per_query, store.file("per_query", batch))]
+    store.seal(*paths)
     store.write_args("influence_scores", {**rc.model_dump(), "batch": batch, "shards": shard_list}, batch)
     log(f"influence {batch}: {scores.height} non-zero scores over {Y.shape[0]} queries in {seconds:.1f}s")
     shown = top.filter(pl.col("query_id").is_in(meta["query_id"].head(SHOWN_QUERIES).to_list()))

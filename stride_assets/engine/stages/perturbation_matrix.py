@@ -32,6 +32,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str,
                           "response": Y.tolist()}, schema_overrides={"response": pl.Array(pl.Float32, bank.K)})
     key = block_key(shard, batch)
     path = write_parquet(frame, store.file("responses", key))
+    store.seal(path)
     store.write_args("perturbation_matrix", {**mc.model_dump(), "shard": shard, "batch": batch}, key)
     return StageResult(
         stage="perturbation_matrix",

@@ -15,6 +15,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str)
     """One batch of queries to attribute: held-out passages and prompts (default) or a query file."""
     queries = shards_mod.load_batch(cfg, batch)
     path = write_parquet(queries, store.file("queries", batch))
+    store.seal(path)
     store.write_args("query_set", {**cfg.queries.model_dump(), "batch": batch}, batch)
     kinds = dict(queries.group_by("kind").len().iter_rows())
     log(f"queries {batch}: {queries.height} ({kinds})")

@@ -43,6 +43,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str)
     bank, trainlog = stride.fit_operators(feats, batch, design, log)
     diag = stride.diagnostics(bank, batch, design, cfg.training.seed)
     bank_path = bank.to("cpu").save(store.file("operators", shard))
+    store.seal(bank_path, bank_path.with_suffix(".json"))
     log_path = write_parquet(pl.DataFrame(trainlog.rows), store.file("training_log", shard))
     layer = getattr(stride.site, "layer", None)
     store.write_args("steering_operators", {"operators": oc.model_dump(), "training": tc.model_dump(), "layer": layer,
