@@ -37,13 +37,27 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def default_dagster_home() -> Path:
+    """``$DAGSTER_HOME``; else the repo's instance for the default store, and ``<store>/.dagster_home``
+    for any other store (each store has its own instance, so their runs never mix)."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    default_store = (STRIDE_DIR / "store").resolve()
+    return DAGSTER_HOME if storage_root() == default_store else storage_root() / ".dagster_home"
+
+
 def prepare_dagster_home() -> Path:
-    """An absolute DAGSTER_HOME holding the instance template (telemetry off, one run at a time)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME).expanduser().resolve()
+    """An absolute DAGSTER_HOME holding the instance template (telemetry off, one run at a time), bound to
+    the profile and store of this process (``location.bind``)."""
+    from stride_assets.location import bind
+    from stride_assets.resources import profile_from_env
+
+    home = default_dagster_home().expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
+    bind(home, profile_from_env(), storage_root())
     return home
 
 
@@ -71,19 +85,28 @@ def run(only_changed: bool = False) -> int:
     from stride_assets.engine.store import Store
     from stride_assets.resources import build_resources
 
+    from stride_assets.engine.preflight import preflight
+
     cfg = build_resources()["stride"].config()  # a bad profile or override fails here, before any run starts
     store_root = storage_root()
     say(f"stride run: profile {os.environ.get('STRIDE_PROFILE', 'default')!r}, store {store_root}")
+    sizes = preflight(cfg)  # and bad shards (K too large, duplicate ids, ...) before the model trains
+    say(f"corpus: {len(sizes)} shard(s), {sum(sizes.values())} training examples")
     say(f"Dagster instance: {home}")
-    from stride_assets.orchestration import run_pipeline
+    from stride_assets.orchestration import fail_dead_runs, run_pipeline
     from stride_assets.progress import failure_messages, progress_logger
 
     started = time.monotonic()
-    with dg.DagsterInstance.get() as instance:
+    store = Store(store_root)
+    with store.lock(), dg.DagsterInstance.get() as instance:
+        for path in store.remove_temporaries():
+            say(f"removed {path} (left by a writer that was killed)")
+        for run_id in fail_dead_runs(instance):
+            say(f"marked Dagster run {run_id} failed: the stride run executing it was killed")
         # Only loggers named in the run config are used; every event still goes to the instance's event log.
         results = run_pipeline(definitions.defs(), instance, cfg, only_changed=only_changed,
                                loggers={"progress": progress_logger(instance, pipeline.STAGES, say)},
-                               run_config={"loggers": {"progress": {}}}, log=say)
+                               run_config={"loggers": {"progress": {}}}, store=store, log=say)
     elapsed = time.monotonic() - started
     failed = [r for r in results if not r.success]
     if failed:
@@ -92,7 +115,10 @@ def run(only_changed: bool = False) -> int:
             print(f"  {message}", file=sys.stderr)
         return 1
     print(f"\nstride run finished in {elapsed:.1f} s ({len(results)} Dagster runs)\n")
-    print(pipeline.summary(cfg, Store(store_root)))
+    print(pipeline.summary(cfg, store))
+    if untracked := store.untracked_runs():
+        print(f"\n{len(untracked)} stage run(s) are UNTRACKED (MLflow was unreachable): `stride mlflow-sync` "
+              "logs them once it is back")
     print(
         f"\nOutputs: {store_root} (one folder per stage)\n"
         f"Dagster UI (runs, lineage, metadata): stride ui  ->  http://{HOST}:{DAGSTER_PORT}\n"
@@ -172,3 +198,18 @@ def mlflow_ui(port: int = MLFLOW_PORT) -> int:
     artifacts = default_artifact_root(uri)
     return _exec([_tool("mlflow"), "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
                  + (["--default-artifact-root", artifacts] if artifacts else []))
+
+
+def mlflow_sync() -> int:
+    """``stride mlflow-sync``: log the stage runs kept while MLflow was unreachable, then forget them."""
+    from stride_assets.engine.store import Store
+    from stride_assets.tracking import default_artifact_root, log_pending
+
+    pending = Store(storage_root()).untracked_runs()
+    if not pending:
+        say(f"no untracked runs in {storage_root()}")
+        return 0
+    uri = tracking_uri()
+    ids = log_pending(pending, uri, default_artifact_root(uri))
+    say(f"logged {len(ids)} untracked run(s) to {uri}")
+    return 0

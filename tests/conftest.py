@@ -14,12 +14,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing a test does may touch <repo>/.stride: storage and MLflow default into tmp_path."""
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Nothing a test does may touch <repo>/.stride: storage and MLflow default into tmp_path. The
+    environment is restored afterwards, also what ``cli.main`` sets for its child processes."""
+    saved = dict(os.environ)
     monkeypatch.setenv("STRIDE_HOME", str(tmp_path / "store"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'unused-mlflow.db'}")
-    monkeypatch.delenv("STRIDE_PROFILE", raising=False)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name in ("STRIDE_PROFILE", "DAGSTER_HOME", "STRIDE_TRACKING"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
