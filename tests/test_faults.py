@@ -34,9 +34,20 @@ def _until(proc: subprocess.Popen, marker: str) -> str:
     pytest.fail(f"{marker!r} never printed:\n{''.join(seen)[-3000:]}")
 
 
-def test_killed_run_is_marked_failed_and_the_rerun_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+KILL_AT = {  # stage -> (the job of its run, the partition of its first block)
+    "base_model": ("stride_model_job", None),
+    "steering_operators": ("stride_shard_job", "part-0000"),
+    "perturbation_matrix": ("stride_measure_job", "default|part-0000"),
+    "influence_scores": ("stride_recovery_job", "default"),
+}
+
+
+@pytest.mark.parametrize("stage", list(KILL_AT))
+def test_killed_run_is_marked_failed_and_the_rerun_resumes(stage: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    job, partition = KILL_AT[stage]
     first = _start(tmp_path)
-    _until(first, "> steering_operators ...")  # the first shard's operators are training: kill it there
+    _until(first, f"> {stage} ...")  # the stage is running: kill it there
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     store = tmp_path / "store"
@@ -49,15 +60,15 @@ def test_killed_run_is_marked_failed_and_the_rerun_resumes(tmp_path: Path, monke
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "marked Dagster run" in rerun.stdout and f"removed {leftover}" in rerun.stdout
     assert not leftover.exists()
-    assert "run stride_model_job" not in rerun.stdout  # the finished base model is not retrained
-    assert "run stride_shard_job [part-0000]" in rerun.stdout, rerun.stdout  # the killed shard is done again
+    assert ("run stride_model_job" in rerun.stdout) == (stage == "base_model")  # a finished model is not retrained
+    assert f"run {job}" + (f" [{partition}]" if partition else "") in rerun.stdout, rerun.stdout  # done again
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()
         assert not [r for r in runs if not r.is_finished]
         killed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
-        assert len(killed) == 1 and killed[0].job_name == "stride_shard_job"
-        assert killed[0].tags["dagster/partition"] == "part-0000"
+        assert len(killed) == 1 and killed[0].job_name == job
+        assert killed[0].tags.get("dagster/partition") == partition
     assert (store / "curated_dataset" / "current.json").is_file()
 
 
@@ -71,3 +82,24 @@ def test_a_second_writer_on_the_same_store_is_refused(tmp_path: Path) -> None:
     assert second.returncode == 1 and "is in use by another stride process" in second.stderr, second.stderr
     assert f"pid {os.getpid()}" in second.stderr
     assert not (tmp_path / "store" / "base_model").exists()  # nothing was written
+
+
+def _write_versions(args: tuple[str, int]) -> None:
+    from stride_assets.engine.artifacts import atomic_dir
+
+    target, writer = args
+    for i in range(400):
+        with atomic_dir(Path(target)) as tmp:
+            for part in range(3):
+                (tmp / f"part{part}.txt").write_text(f"{writer}:{i}")
+
+
+def test_concurrent_writers_of_one_folder_leave_one_complete_version(tmp_path: Path) -> None:
+    import multiprocessing
+
+    target = tmp_path / "model"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_write_versions, [(str(target), 0), (str(target), 1)])
+    contents = {p.read_text() for p in target.iterdir()}
+    assert len(contents) == 1 and sorted(p.name for p in target.iterdir()) == ["part0.txt", "part1.txt", "part2.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or old folders left

@@ -6,6 +6,7 @@ folder and renames over the target. Which artifacts exist and where: ``store.py`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,19 +37,31 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; swap it in for ``target`` if the block succeeds."""
+    """Yield a temporary folder beside ``target``; swap it in for ``target`` if the block succeeds.
+
+    A folder cannot be renamed over a non-empty one, so the old version is moved aside first (to a
+    name of this writer's own); when another writer swaps its version in between, that one is moved
+    aside in turn: the last complete version wins and none is ever half-written.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for attempt in range(100):
+            old = target.with_name(f".{target.name}.old.{os.getpid()}.{tmp.name[-12:-4]}.{attempt}")
+            try:
+                os.replace(target, old)
+            except FileNotFoundError:
+                pass
+            try:
+                os.replace(tmp, target)
+                break
+            except OSError as exc:  # another writer's version landed after ours was moved aside
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 99:
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
