@@ -96,3 +96,19 @@ def test_shard_names_stay_inside_the_store(tmp_path):
     assert shard_names(cfg.corpus) == ["__"] and key_of("..") == "__"
     with pytest.raises(StrideInputError, match="leave the store"):
         Store(tmp_path / "store").stage("training_corpus", "..")
+
+
+def test_a_shard_whose_ids_another_stored_shard_has_fails_its_corpus_stage(tmp_path):
+    """Shards that arrive one at a time (the sensor starts one shard run each) are checked too."""
+    text = "a passage of documentation text that is long enough to keep, number {}"
+    data = tmp_path / "data"
+    data.mkdir()
+    pl.DataFrame({"text": [text.format(i) for i in range(40)], "id": [f"e{i}" for i in range(40)]}).write_parquet(
+        data / "a.parquet")
+    files = {"source": "files", "paths": [str(data)], "id_column": "id", "max_examples": None}
+    store = Store(tmp_path / "store")
+    pipeline.run_stage("training_corpus", load_config("micro", {"corpus": files}), store, lambda _: None, shard="a")
+    pl.DataFrame({"text": [text.format(i + 50) for i in range(40)], "id": [f"e{i + 30}" for i in range(40)]}
+                 ).write_parquet(data / "b.parquet")
+    with pytest.raises(StrideInputError, match="'e30' is in shard 'a' and in shard 'b' \\(\\d+ shared\\)"):
+        pipeline.run_stage("training_corpus", load_config("micro", {"corpus": files}), store, lambda _: None, shard="b")

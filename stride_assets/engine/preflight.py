@@ -21,6 +21,19 @@ def check_shard(cfg: StrideConfig, shard: str, n_train: int) -> None:
                     f"{n_train})")
 
 
+def check_ids_against_store(store, shard: str, ids: list[str], shards: list[str]) -> None:
+    """The shard's example ids are not already taken by another shard stored in ``store`` (the check
+    that covers shards arriving one at a time, e.g. through the corpus sensor)."""
+    mine = set(ids)
+    for other in shards:
+        if other != shard and store.file("train", other).exists():
+            taken = mine.intersection(store.read_corpus(other)["example_id"].to_list())
+            if taken:
+                raise StrideInputError(f"example id {sorted(taken)[0]!r} is in shard {other!r} and in shard {shard!r}"
+                                       f" ({len(taken)} shared): ids must be unique across the corpus "
+                                       "(check corpus.id_column)")
+
+
 def preflight(cfg: StrideConfig) -> dict[str, int]:
     """Check every shard of the corpus and the model path; returns {shard: training examples}."""
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)

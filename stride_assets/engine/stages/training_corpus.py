@@ -9,7 +9,7 @@ from stride_assets.engine import lm
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import file_digest, write_parquet
 from stride_assets.engine.config import StrideConfig
-from stride_assets.engine.preflight import check_shard
+from stride_assets.engine.preflight import check_ids_against_store, check_shard
 from stride_assets.engine.result import StageResult, markdown_table
 from stride_assets.engine.store import Store
 
@@ -20,6 +20,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     # fail now, not after hours of work, on settings that cannot work for this shard
     check_shard(cfg, shard, train.height)
+    check_ids_against_store(store, shard, passages["example_id"].to_list(), shards_mod.shard_names(cfg.corpus))
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     train = train.with_row_index("example_index")
     files = [write_parquet(train, store.file("train", shard)), write_parquet(holdout, store.file("holdout", shard))]
