@@ -8,10 +8,10 @@ STAMP := $(VENV)/.stride-installed
 
 # torch comes first with pip (the CPU build on local disk); the rest with uv, which
 # resolves this stack in about a minute where pip 23 needs fifteen.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml resources/uv-excludes.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[dev]"
+	$(VENV)/bin/uv pip install -q --python $(PY) --excludes resources/uv-excludes.txt -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -105,7 +105,7 @@ def run(only_changed: bool = False) -> int:
             say(f"marked Dagster run {run_id} failed: the stride run executing it was killed")
         # Only loggers named in the run config are used; every event still goes to the instance's event log.
         results = run_pipeline(definitions.defs(), instance, cfg, only_changed=only_changed,
-                               loggers={"progress": progress_logger(instance, pipeline.STAGES, say)},
+                               loggers={"progress": progress_logger(instance, pipeline.stage_names(cfg), say)},
                                run_config={"loggers": {"progress": {}}}, store=store, log=say)
     elapsed = time.monotonic() - started
     failed = [r for r in results if not r.success]

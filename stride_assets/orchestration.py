@@ -24,7 +24,7 @@ from stride_assets.defs.sensors import latest_materialization, recorded_digest
 from stride_assets.engine import registry
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.shards import batch_digests, shard_digests
-from stride_assets.engine.stages import STAGES
+from stride_assets.engine.stages import stages_for
 from stride_assets.engine.store import Store, block_key
 
 
@@ -79,7 +79,7 @@ def plan(instance: dg.DagsterInstance, cfg: StrideConfig, only_changed: bool = F
     digests = {"shard": shards, "batch": batches}
     running: dict[str, list[dict[str, str]]] = {}
     runs = []
-    for job, members in registry.jobs(STAGES).items():
+    for job, members in registry.jobs(stages_for(cfg.attribution.method)).items():
         keys = members[0].keys
         dims = sorted(keys, key=("batch", "shard").index)  # a batch's blocks together
         blocks = [dict(zip(dims, combo)) for combo in product(*(list(digests[k]) for k in dims))]

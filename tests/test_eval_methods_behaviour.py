@@ -28,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize(
     "name, settings",
     [("grad_dot", {}), ("logra", {}), ("if_exact", {}), ("repsim", {}), ("tfidf", {}), ("tfidf", {"on": "token_ids"}),
+     ("kronfluence_ekfac", {}), ("kronfluence_kfac", {}), ("kronfluence_ekfac", {"damping": 1e-3}),
      pytest.param("dattri_trak_1", {"regularization": 1e-3}, marks=needs_dattri)],
 )
 def test_a_training_duplicate_of_a_query_gets_a_top_positive_score(toy, toy_trained, name, settings):
@@ -47,7 +48,7 @@ def test_a_training_duplicate_of_a_query_gets_a_top_positive_score(toy, toy_trai
         assert q not in hard or rank < 3, (name, q, rank)
 
 
-@pytest.mark.parametrize("name", ["grad_dot", "if_exact"])
+@pytest.mark.parametrize("name", ["grad_dot", "if_exact", "kronfluence_ekfac"])
 def test_removing_top_scored_examples_raises_the_query_loss_more_than_random(toy, toy_trained, name):
     """Counterfactual retraining: drop the top-k (or k random, or the bottom-k) and retrain."""
     scores = score_method(name, toy, toy_trained, "test").scores
@@ -71,7 +72,8 @@ def test_removing_top_scored_examples_raises_the_query_loss_more_than_random(toy
 
 def test_every_applicable_method_returns_scores_and_timings(toy, toy_trained):
     names = applicable(toy)
-    assert {"grad_dot", "grad_cos", "tracin", "logra", "repsim", "tfidf", "if_exact"} <= set(names)
+    assert {"grad_dot", "grad_cos", "tracin", "logra", "repsim", "tfidf", "if_exact", "kronfluence_ekfac",
+            "kronfluence_kfac", "kronfluence_diagonal"} <= set(names)
     for name in names:
         if name == "dattri_trak_5":
             continue  # trains 4 extra models; run on digits below

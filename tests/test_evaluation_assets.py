@@ -45,12 +45,12 @@ def test_ground_truth_partitions_then_lds(tmp_path: Path, micro_resources: dict[
                                 resources=micro_resources, instance=instance)
         assert result.success
         table = pl.read_parquet(store / "lds_report" / "lds.parquet")
-        assert set(table["method"]) == {"stride", "tfidf", "repsim"}
+        assert set(table["method"]) == {"stride", "tfidf", "repsim", "kronfluence_ekfac"}
         meta = instance.get_latest_materialization_event(dg.AssetKey("lds_report")).asset_materialization.metadata
         assert meta["retrains_used"].value == 2 and meta["retrains_planned"].value == 4
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert set(evaluations) == {"stride_lds_above_floor", "stride_not_below_baselines"}
-        # the baseline check compares real numbers: it passes exactly when no baseline is above STRIDE
+        assert set(evaluations) == {"lds_above_floor", "configured_method_is_best"}
+        # the check compares real numbers: it passes exactly when no other method is above the configured one
         stride = float(table.filter(pl.col("method") == "stride")["lds_mean"][0])
         others = table.filter(pl.col("method") != "stride")["lds_mean"].to_list()
-        assert evaluations["stride_not_below_baselines"].passed == all(v <= stride for v in others if v == v)
+        assert evaluations["configured_method_is_best"].passed == all(v <= stride for v in others if v == v)

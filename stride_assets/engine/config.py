@@ -163,7 +163,8 @@ class MeasureConfig(_Strict):
 class RecoveryConfig(_Strict):
     """Per-query Lasso of the responses against the membership matrix."""
 
-    solver: Literal["sklearn", "fista"] = "sklearn"
+    solver: Literal["sklearn", "fista", "ridge"] = Field(
+        "sklearn", description="Lasso by coordinate descent (sklearn) or batched FISTA; ridge: an L2 penalty instead")
     lambda_ratio: float | Literal["auto"] = Field(
         0.2, description="lambda as a fraction of each query's lambda_max, or 'auto' (held-out subsets)"
     )
@@ -209,6 +210,23 @@ class ContaminationConfig(_Strict):
     ngram: int = Field(5, ge=1)
 
 
+class AttributionConfig(_Strict):
+    """Which method turns the base model and corpus into influence scores.
+
+    ``stride`` (subset design -> operators -> perturbation matrix -> sparse recovery), ``ekfac``
+    (Kronfluence's influence function: factors fitted once on the training corpus, every query batch
+    scored against them) or ``ensemble`` (both, each query's scores standardised and blended).
+    """
+
+    method: Literal["stride", "ekfac", "ensemble"] = "stride"
+    strategy: Literal["ekfac", "kfac", "diagonal"] = Field("ekfac", description="Kronfluence's curvature")
+    damping: float | None = Field(None, gt=0, description="None: Kronfluence's heuristic, 0.1 x mean eigenvalue")
+    include_head: bool = Field(True, description="track the output head too (GPT-2: the tied lm_head)")
+    batch_size: int = Field(32, ge=1, description="training examples per Kronfluence batch")
+    ensemble_weight: float = Field(0.5, ge=0, le=1, description="weight of EK-FAC in the ensemble (STRIDE: 1 - it)")
+    device: str = "auto"
+
+
 class StrideConfig(_Strict):
     """Everything one attribution run needs."""
 
@@ -223,6 +241,7 @@ class StrideConfig(_Strict):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
 
     def with_(self, **sections: dict[str, Any]) -> "StrideConfig":
         """A copy with some fields of some sections replaced, e.g. ``with_(design={"K": 128})``."""

@@ -6,7 +6,8 @@
 value at which the solution is all zeros, since query loss scales differ a lot. With
 ``lambda_ratio="auto"`` the ratio is chosen per query on held-out subsets. Two solvers:
 scikit-learn's coordinate descent (parallel over queries) and a batched FISTA over all
-queries at once on the sparse M; both solve the same problem.
+queries at once on the sparse M; both solve the same problem. ``solver: ridge`` replaces the L1
+penalty by an L2 one (dense influence, one shared solve), for when influence is not sparse.
 """
 
 from __future__ import annotations
@@ -91,6 +92,23 @@ def _fista(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConf
     return W.T, intercept
 
 
+def ridge(M: sp.spmatrix, Y: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge instead of Lasso (influence need not be sparse): per query
+    argmin 1/(2K) ||y - b - M w||^2 + alpha/2 ||w||^2 with alpha = ratio x the mean eigenvalue of
+    Mc^T Mc / K (Mc: M centred over subsets), one shared solve for all queries, in the dual when K < n."""
+    K, n = M.shape
+    Mc = np.asarray(M.todense(), dtype=np.float64)
+    mu = Mc.mean(axis=0)
+    Mc -= mu
+    Yc = Y - Y.mean(axis=1, keepdims=True)
+    alpha = ratio * float((Mc ** 2).sum()) / (K * n)
+    if K < n:  # w = Mc^T (Mc Mc^T + K alpha I)^-1 yc
+        W = (Mc.T @ np.linalg.solve(Mc @ Mc.T + K * alpha * np.eye(K), Yc.T)).T
+    else:
+        W = np.linalg.solve(Mc.T @ Mc + K * alpha * np.eye(n), Mc.T @ Yc.T).T
+    return W, Y.mean(axis=1) - W @ mu
+
+
 def _solve(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients (Q x n) and intercepts (Q,) for per-query alphas."""
     if cfg.solver == "fista":
@@ -131,7 +149,12 @@ def recover(Y: np.ndarray, membership: sp.csr_matrix, cfg: RecoveryConfig) -> Re
     else:
         ratio = np.full(Y.shape[0], float(cfg.lambda_ratio))
     alpha = ratio * alpha_max(M, Y)
-    W, b = _solve(M, Y, alpha, cfg)
+    if cfg.solver == "ridge":
+        if len(set(ratio.tolist())) > 1:
+            raise StrideInputError("the ridge solver takes one lambda_ratio for all queries, not 'auto'")
+        W, b = ridge(M, Y, float(ratio[0]))
+    else:
+        W, b = _solve(M, Y, alpha, cfg)
     pred = np.asarray(M @ W.T).T + b[:, None]
     ss_res = ((Y - pred) ** 2).sum(axis=1)
     ss_tot = ((Y - Y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)

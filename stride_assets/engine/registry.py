@@ -48,6 +48,7 @@ class StageSpec:
     job: str = ""  # the layer job that runs it: stages of one job share their keys
     checks: tuple[Check, ...] = ()  # evaluated on its result, emitted with its materialization
     configure: Callable[[Any], Any] | None = None  # profile -> the config object ``run`` takes (None: the pipeline's)
+    methods: tuple[str, ...] = ()  # the attribution methods whose runs have this stage (empty: every method)
 
     @property
     def description(self) -> str:
@@ -56,6 +57,15 @@ class StageSpec:
     @property
     def module(self) -> str:
         return self.run.__module__
+
+
+def for_method(specs: Iterable[StageSpec], method: str) -> tuple[StageSpec, ...]:
+    """The specs that belong to attribution method ``method`` (one per name)."""
+    chosen = tuple(s for s in specs if not s.methods or method in s.methods)
+    names = [s.name for s in chosen]
+    if not chosen or len(set(names)) != len(names):
+        raise ValueError(f"attribution method {method!r}: stage table has {sorted(names)}")
+    return chosen
 
 
 def by_name(specs: Iterable[StageSpec]) -> dict[str, StageSpec]:

@@ -40,6 +40,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "operator_loss_plot": ("steering_operators", "operator_loss.png"),
     "responses": ("perturbation_matrix", "responses.parquet"),
     "responses_plot": ("perturbation_matrix", "responses.png"),
+    "factors": ("influence_factors", "kronfluence"),  # Kronfluence's factor files (a folder)
     "scores": ("influence_scores", "scores.parquet"),
     "top_k": ("influence_scores", "top_k.parquet"),
     "per_query": ("influence_scores", "per_query.parquet"),

@@ -15,8 +15,11 @@ class EvaluationConfig(BaseModel):
     m: int = Field(64, ge=2, description="evaluation subsets (one retrain each; a Dagster partition each)")
     fraction: float = Field(0.5, gt=0, lt=1)
     seed: int = Field(1000, description="independent of the design seed")
-    baselines: list[str] = Field(default_factory=lambda: ["tfidf", "repsim", "grad_dot"])
-    lds_floor: float = Field(0.0, description="the LDS asset check fails when STRIDE's LDS is below this")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["tfidf", "repsim", "grad_dot", "kronfluence_ekfac"],
+        description="harness methods measured beside the configured attribution.method (stride, kronfluence_ekfac, "
+        "tfidf, ...); the configured one is skipped here")
+    lds_floor: float = Field(0.0, description="the LDS asset check fails when the configured method's LDS is below this")
 
 
 class EvaluationRun(BaseModel):

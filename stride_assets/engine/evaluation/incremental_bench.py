@@ -77,7 +77,7 @@ def run(out: Path, quick: bool = False, base_shards: int = 5, append_fraction: f
     start = time.perf_counter()
     for stage in SHARED:
         pipeline.run_stage(stage, cfg, inc_store, lambda _: None,
-                           **{k: DEFAULT_BATCH for k in pipeline.spec(stage).keys})  # both take no key or the batch
+                           **{k: DEFAULT_BATCH for k in pipeline.spec(stage, cfg).keys})  # both take no key or the batch
     shared_seconds = time.perf_counter() - start
     log("[incremental] initial attribution")
     initial = _timed_blocks(cfg, inc_store, names, log)

@@ -1,6 +1,7 @@
 """Quality of the pipeline's own attributions: retrain its base-model recipe on random subsets of
-its training corpus, record the query losses, and score STRIDE's influence (and cheap baselines)
-by LDS. Three stages, so the retrains can be Dagster partitions (resumable, fanned out):
+its training corpus, record the query losses, and score the configured method's influence (and the
+other methods of ``evaluation.baselines``, EK-FAC among them) by LDS; a check fails when another
+method measured higher than the configured one. Three stages, so the retrains can be Dagster partitions (resumable, fanned out):
 
     eval_subsets -> retrained_losses[retrain_000 .. retrain_{m-1}] -> lds_report
 
@@ -84,7 +85,8 @@ def retrained_losses(run: EvaluationRun, store: Store, log: Log, retrain: str) -
                        metrics={"mean_query_loss": float(losses.mean())}, fingerprint=file_digest(path))
 
 
-def _stride_scores(cfg: StrideConfig, store: Store, query_ids: list[str], n: int) -> np.ndarray:
+def _stored_scores(cfg: StrideConfig, store: Store, query_ids: list[str], n: int) -> np.ndarray:
+    """The pipeline's influence_scores of every batch as a dense (queries x examples) matrix."""
     scores = store.read_scores(shards_mod.batch_names(cfg))
     row = {q: i for i, q in enumerate(query_ids)}
     M = sp.csr_matrix((scores["score"].to_numpy(), ([row[q] for q in scores["query_id"]],
@@ -92,9 +94,29 @@ def _stride_scores(cfg: StrideConfig, store: Store, query_ids: list[str], n: int
     return M.toarray()
 
 
+# the harness's name of each pipeline method, when it is measured beside another (``evaluation.baselines``)
+HARNESS_NAME = {"stride": "stride", "ekfac": "kronfluence_ekfac"}
+
+
+def _others(run: EvaluationRun) -> list[str]:
+    configured = HARNESS_NAME.get(run.pipeline.attribution.method)
+    return [name for name in run.evaluation.baselines if name != configured]
+
+
+def _settings(name: str, cfg: StrideConfig) -> dict:
+    """What a method measured beside the configured one takes from the pipeline's config."""
+    if name == "stride":
+        return {"config": cfg}
+    if name.startswith("kronfluence_"):
+        return {"include_head": cfg.attribution.include_head}
+    return {}
+
+
 def lds_report(run: EvaluationRun, store: Store, log: Log) -> StageResult:
-    """LDS of STRIDE's stored influence scores and of cheap baselines on the same retrains."""
+    """LDS of the pipeline's stored influence scores (its attribution.method) and of every method in
+    evaluation.baselines, on the same retrains."""
     cfg = run.pipeline
+    method = cfg.attribution.method
     subsets = store.read_eval_subsets()
     frame = store.read_retrained_losses()
     done = frame["subset_id"].unique().sort().to_numpy()
@@ -103,10 +125,10 @@ def lds_report(run: EvaluationRun, store: Store, log: Log) -> StageResult:
     task = _task(cfg, store)
     qids = task.query_ids["test"]
     losses = frame.pivot(on="query_id", index="subset_id", values="loss").select(qids).to_numpy()
-    scores = {"stride": _stride_scores(cfg, store, qids, task.n)}
+    scores = {method: _stored_scores(cfg, store, qids, task.n)}
     model, _tok = store.load_base_model()
-    for name in run.evaluation.baselines:
-        scores[name] = score_method(name, task, Trained(model), "test").scores
+    for name in _others(run):
+        scores[name] = score_method(name, task, Trained(model), "test", **_settings(name, cfg)).scores
     rows = []
     for name, s in scores.items():
         result = lds(s, subsets[done], losses)
@@ -114,13 +136,14 @@ def lds_report(run: EvaluationRun, store: Store, log: Log) -> StageResult:
         log(f"LDS {name}: {result.mean:.3f} ± {result.std:.3f} ({result.n_nan} NaN) over {len(done)} retrains")
     table = pl.DataFrame(rows)
     path = write_parquet(table, store.file("lds"))
-    store.write_args("lds_report", {**run.evaluation.model_dump(), "retrains_used": len(done)})
-    stride = table.filter(pl.col("method") == "stride").row(0, named=True)
-    best_baseline = table.filter(pl.col("method") != "stride")["lds_mean"].max() if len(rows) > 1 else float("nan")
+    store.write_args("lds_report", {**run.evaluation.model_dump(), "method": method, "retrains_used": len(done)})
+    others = table.filter(pl.col("method") != method)["lds_mean"]
+    best_other = others.max() if len(rows) > 1 else None
     return StageResult(
         "lds_report", path.parent,
-        metadata={"retrains_used": len(done), "retrains_planned": len(subsets), "stride_lds": stride["lds_mean"],
-                  "best_baseline_lds": float(best_baseline) if best_baseline is not None else float("nan"),
+        metadata={"method": method, "retrains_used": len(done), "retrains_planned": len(subsets),
+                  "configured_lds": rows[0]["lds_mean"],
+                  "best_other_lds": float(best_other) if best_other is not None else float("nan"),
                   **{f"lds_{r['method']}": r["lds_mean"] for r in rows}},
         markdown={"lds": markdown_table(table)},
         metrics={f"lds_{r['method']}": r["lds_mean"] for r in rows},
@@ -133,16 +156,19 @@ def _lds_of(result: StageResult) -> dict[str, float]:
 
 
 def _above_floor(result: StageResult, run: EvaluationRun) -> Outcome:
-    value, floor = _lds_of(result)["stride"], run.evaluation.lds_floor
-    return Outcome(value >= floor, {"stride_lds": value, "floor": floor})
+    method = result.metadata["method"]
+    value, floor = _lds_of(result)[method], run.evaluation.lds_floor
+    return Outcome(value >= floor, {"method": method, "lds": value, "floor": floor})
 
 
-def _not_below_baselines(result: StageResult, _run: EvaluationRun) -> Outcome:
+def _configured_is_best(result: StageResult, _run: EvaluationRun) -> Outcome:
     values = _lds_of(result)
-    value = values.pop("stride")
+    method = result.metadata["method"]
+    value = values.pop(method)
     better = [m for m, v in values.items() if v > value]
-    return Outcome(not better, {"stride_lds": value, **{f"lds_{m}": v for m, v in values.items()}},
-                   f"baselines above STRIDE: {', '.join(better)}" if better else "STRIDE is at or above every baseline")
+    return Outcome(not better, {"method": method, "lds": value, **{f"lds_{m}": v for m, v in values.items()}},
+                   f"measured above the configured {method}: {', '.join(better)} (consider attribution.method)"
+                   if better else f"the configured {method} is at or above every method measured")
 
 
 EVALUATION_STAGES: tuple[StageSpec, ...] = (
@@ -154,11 +180,14 @@ EVALUATION_STAGES: tuple[StageSpec, ...] = (
               modules=("evaluation.lm_task", "evaluation.task", "lm", "losses", "backbone"), group="evaluation",
               kinds=("pytorch", "parquet"), configure=EvaluationRun.from_profile),
     StageSpec("lds_report", lds_report, upstream=("retrained_losses", "influence_scores"),
-              sections=("evaluation",), modules=("evaluation.lds", "evaluation.methods", "evaluation.methods.base",
-                                                      "evaluation.methods.gradients", "evaluation.methods.similarity",
-                                                      "evaluation.lm_task"),
+              sections=("evaluation", "pipeline.attribution"),
+              modules=("evaluation.lds", "evaluation.methods", "evaluation.methods.base", "evaluation.methods.gradients",
+                       "evaluation.methods.similarity", "evaluation.methods.kronfluence_methods", "ekfac",
+                       "evaluation.lm_task"),
               group="evaluation", kinds=("scipy", "parquet"), configure=EvaluationRun.from_profile,
-              checks=(Check("stride_lds_above_floor", "STRIDE's LDS is at least evaluation.lds_floor.", _above_floor),
-                      Check("stride_not_below_baselines", "STRIDE's LDS is not below any baseline's on the same "
-                            "retrains.", _not_below_baselines))),
+              checks=(Check("lds_above_floor", "The configured method's LDS is at least evaluation.lds_floor.",
+                            _above_floor),
+                      Check("configured_method_is_best", "The configured attribution.method has the highest LDS "
+                            "of every method measured on the same retrains (evaluation.baselines).",
+                            _configured_is_best))),
 )

@@ -6,6 +6,11 @@
     influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
     curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
 
+That is ``attribution.method: stride``. With ``ekfac`` the STRIDE stages (subset_design,
+steering_operators, perturbation_matrix) leave the graph and ``influence_factors`` (Kronfluence's
+factors on the whole corpus) feeds ``influence_scores[batch]``; ``ensemble`` has both. A spec's
+``methods`` says which methods it belongs to; ``stages_for(method)`` is the table of one method.
+
 Each stage module has ``run(cfg, store, log, **keys) -> StageResult``: it reads its inputs from
 the store, writes its named artifacts (atomically, with ``args.json`` beside them) and returns
 what the caller shows and tracks. The base model is frozen: it does not follow the corpus (the
@@ -17,12 +22,13 @@ To add a stage: write ``stages/<name>.py`` with its ``run`` and add one ``StageS
 
 from __future__ import annotations
 
-from stride_assets.engine import checks
+from stride_assets.engine import checks, registry
 from stride_assets.engine.registry import StageSpec
 from stride_assets.engine.stages import (
     base_model,
     contamination_report,
     curated_dataset,
+    influence_factors,
     influence_scores,
     perturbation_matrix,
     query_set,
@@ -32,7 +38,12 @@ from stride_assets.engine.stages import (
     training_corpus,
 )
 
-STAGES: tuple[StageSpec, ...] = (
+STRIDE_ONLY = ("stride", "ensemble")  # the stages of the STRIDE method
+EKFAC_ONLY = ("ekfac", "ensemble")  # Kronfluence's factors
+_INFLUENCE = dict(keys=("batch",), group="attribution", kinds=("scikitlearn", "parquet"), eager=True, job="recovery",
+                  checks=(checks.influence_scores_usable,))
+
+ALL_STAGES: tuple[StageSpec, ...] = (
     StageSpec("base_model", base_model.run,
               sections=("corpus", "model"), modules=("corpus", "shards", "lm", "losses"),
               group="model", kinds=("pytorch", "transformers"), job="model"),
@@ -44,23 +55,34 @@ STAGES: tuple[StageSpec, ...] = (
               group="data", kinds=("polars", "parquet"), job="queries"),
     StageSpec("subset_design", subset_design.run, upstream=("training_corpus",), keys=("shard",),
               sections=("design",), modules=("design", "shards"),
-              group="attribution", kinds=("numpy", "scipy"), job="shard"),
+              group="attribution", kinds=("numpy", "scipy"), job="shard", methods=STRIDE_ONLY),
     StageSpec("steering_operators", steering_operators.run,
               upstream=("base_model", "subset_design", "training_corpus"), keys=("shard",),
               sections=("operators", "training", "model"),
               modules=("stride", "backbone", "operators", "training", "measure", "losses", "shards", "lm"),
-              group="attribution", kinds=("pytorch", "safetensors"), job="shard",
+              group="attribution", kinds=("pytorch", "safetensors"), job="shard", methods=STRIDE_ONLY,
               checks=(checks.operators_not_collapsed, checks.operators_favour_members)),
     StageSpec("perturbation_matrix", perturbation_matrix.run,
               upstream=("query_set", "steering_operators", "base_model"), keys=("shard", "batch"),
               sections=("measure", "model"), modules=("stride", "backbone", "operators", "measure", "losses", "lm"),
-              group="attribution", kinds=("pytorch", "parquet"), eager=True, job="measure"),
+              group="attribution", kinds=("pytorch", "parquet"), eager=True, job="measure", methods=STRIDE_ONLY),
+    StageSpec("influence_factors", influence_factors.run, upstream=("base_model", "training_corpus"),
+              sections=("attribution", "model"), modules=("attribution", "ekfac", "lm", "shards"),
+              group="attribution", kinds=("pytorch", "safetensors"), eager=True, job="factors", methods=EKFAC_ONLY),
+    # one stage, three wirings: what influence_scores reads depends on the method
     StageSpec("influence_scores", influence_scores.run,
-              upstream=("perturbation_matrix", "subset_design", "training_corpus"), keys=("batch",),
-              sections=("recovery",), modules=("stride", "recovery"),
-              group="attribution", kinds=("scikitlearn", "parquet"), eager=True, job="recovery",
+              upstream=("perturbation_matrix", "subset_design", "training_corpus"), methods=("stride",),
               triggers=("perturbation_matrix",),  # a changed shard is re-measured first: its block triggers
-              checks=(checks.influence_scores_usable,)),
+              sections=("recovery",), modules=("stride", "recovery", "attribution"), **_INFLUENCE),
+    StageSpec("influence_scores", influence_scores.run,
+              upstream=("influence_factors", "query_set", "training_corpus", "base_model"), methods=("ekfac",),
+              triggers=("influence_factors", "query_set"), sections=("attribution", "model"),
+              modules=("attribution", "ekfac", "lm"), **_INFLUENCE),
+    StageSpec("influence_scores", influence_scores.run,
+              upstream=("perturbation_matrix", "subset_design", "training_corpus", "influence_factors"),
+              methods=("ensemble",), triggers=("perturbation_matrix", "influence_factors"),
+              sections=("recovery", "attribution", "model"), modules=("stride", "recovery", "attribution", "ekfac", "lm"),
+              **_INFLUENCE),
     StageSpec("curated_dataset", curated_dataset.run, upstream=("influence_scores", "training_corpus"),
               sections=("curation",), modules=("curation", "datasets_out", "stages._derived"),
               group="curation", kinds=("polars", "parquet"), eager=True, triggers=("influence_scores",),
@@ -76,3 +98,11 @@ STAGES: tuple[StageSpec, ...] = (
               group="curation", kinds=("polars", "parquet"), eager=True, triggers=("influence_scores",),
               job="curation"),
 )
+
+
+def stages_for(method: str) -> tuple[StageSpec, ...]:
+    """The stages of a run whose ``attribution.method`` is ``method``, in table order."""
+    return registry.for_method(ALL_STAGES, method)
+
+
+STAGES: tuple[StageSpec, ...] = stages_for("stride")  # the default method's stages

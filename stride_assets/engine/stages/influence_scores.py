@@ -1,4 +1,5 @@
-"""Stage ``influence_scores[batch]``: one query batch's per-example influence, recovered over every shard."""
+"""Stage ``influence_scores[batch]``: one query batch's per-example influence over every shard
+(by ``attribution.method``: ``engine/attribution.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from stride_assets.engine import plots
+from stride_assets.engine import attribution, plots
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import file_digest, write_parquet
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.result import StageResult, markdown_table
 from stride_assets.engine.store import Store
-from stride_assets.engine.stride import Stride
 
 SHOWN_QUERIES = 3  # queries whose top examples the result shows
 
@@ -43,36 +43,36 @@ def top_k_table(scores: pl.DataFrame, train: pl.DataFrame, k: int) -> pl.DataFra
 
 
 def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str) -> StageResult:
-    """Per-query Lasso recovery of per-example influence for one query batch, over every shard."""
-    rc = cfg.recovery
+    """One query batch's per-example influence over every shard, by ``attribution.method`` (STRIDE's
+    per-query Lasso recovery, EK-FAC with the fitted factors, or their ensemble)."""
+    rc, method = cfg.recovery, cfg.attribution.method
     shard_list = shards_mod.shard_names(cfg.corpus)
-    meta, Y = store.read_responses(batch, shard_list)
-    membership, train = store.read_block_design(shard_list), store.read_train(shard_list)
-    stride = Stride(None, cfg)  # the recover phase needs no model
-    rec = stride.recover(Y, membership)
-    seconds = stride.seconds["recover"]
-    scores = influence_table(rec.influence, meta["query_id"].to_list(), train)
+    train = store.read_train(shard_list)
+    found = attribution.attribute(cfg, store, batch)
+    query_ids = found.per_query["query_id"].to_list()
+    scores = influence_table(found.influence, query_ids, train)
     top = top_k_table(scores, train, rc.top_k)
-    per_query = meta.with_columns(lambda_ratio=rec.ratio, alpha=rec.alpha, r2=rec.r2, nnz=rec.nnz)
     paths = [write_parquet(scores, store.file("scores", batch)), write_parquet(top, store.file("top_k", batch)),
-             write_parquet(per_query, store.file("per_query", batch))]
+             write_parquet(found.per_query, store.file("per_query", batch))]
     store.seal(*paths)
-    store.write_args("influence_scores", {**rc.model_dump(), "batch": batch, "shards": shard_list}, batch)
-    log(f"influence {batch}: {scores.height} non-zero scores over {Y.shape[0]} queries in {seconds:.1f}s")
-    shown = top.filter(pl.col("query_id").is_in(meta["query_id"].head(SHOWN_QUERIES).to_list()))
-    non_finite = int((~np.isfinite(rec.influence.data)).sum())
+    store.write_args("influence_scores", {**rc.model_dump(), "attribution": cfg.attribution.model_dump(),
+                                          "batch": batch, "shards": shard_list}, batch)
+    log(f"influence {batch} ({method}): {scores.height} non-zero scores over {len(query_ids)} queries "
+        f"in {found.seconds:.1f}s")
+    shown = top.filter(pl.col("query_id").is_in(query_ids[:SHOWN_QUERIES]))
+    non_finite = int((~np.isfinite(found.influence.data)).sum())
     return StageResult(
         stage="influence_scores",
         path=store.stage("influence_scores", batch),
-        metadata={"queries": Y.shape[0], "batch": batch, "shards": len(shard_list), "nonzero": scores.height,
-                  "nnz_per_query": float(rec.nnz.mean()), "r2_mean": float(rec.r2.mean()),
-                  "lambda_ratio_mean": float(rec.ratio.mean()), "seconds": seconds,
+        metadata={"method": method, "queries": len(query_ids), "batch": batch, "shards": len(shard_list),
+                  "nonzero": scores.height, **found.metadata, "seconds": found.seconds,
                   "positive_fraction": float((scores["score"] > 0).mean()) if scores.height else 0.0,
                   "finite": non_finite == 0, "non_finite": non_finite},
         markdown={"top_examples": markdown_table(shown.with_columns(pl.col("text").str.slice(0, 80)))},
-        params={f"recovery.{k}": v for k, v in rc.model_dump().items()},
-        metrics={"recovery_seconds": seconds, "nnz_per_query": float(rec.nnz.mean()),
-                 "r2_mean": float(rec.r2.mean())},
+        params={f"recovery.{k}": v for k, v in rc.model_dump().items()}
+        | {f"attribution.{k}": v for k, v in cfg.attribution.model_dump().items()},
+        metrics={"attribution_seconds": found.seconds, **{k: v for k, v in found.metadata.items()
+                                                          if k in ("nnz_per_query", "r2_mean")}},
         plots={"scores": plots.histogram(scores["score"].to_numpy(), store.file("scores_plot", batch),
                                          "non-zero influence scores", "score")},
         files=[paths[2]],

@@ -12,7 +12,9 @@ STRIDE is ``StrideMethod`` (``stride.py``, over the engine's facade).
 | repsim, tfidf | similarity of representations / of texts | similarity |
 | if_exact | exact influence function on the last linear layer | influence |
 | dattri_trak_1, dattri_trak_5 | dattri's TRAK (optional dependency) | dattri_methods |
+| kronfluence_ekfac, kronfluence_kfac, kronfluence_diagonal | Kronfluence's influence functions (damping chosen on validation) | kronfluence_methods |
 | stride | STRIDE: sparse recovery from subset perturbations (``config=StrideConfig``) | stride |
+| ensemble | two methods standardised per query and blended (default STRIDE + EK-FAC) | ensemble |
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from stride_assets.engine.evaluation.methods.gradients import (
 )
 from stride_assets.engine.evaluation.methods.influence import IF_EXACT_MAX_PARAMS, if_exact, last_layer_size
 from stride_assets.engine.evaluation.methods.similarity import repsim, tfidf
+from stride_assets.engine.evaluation.methods.ensemble import EnsembleMethod
+from stride_assets.engine.evaluation.methods.kronfluence_methods import DAMPING_GRID as KRONFLUENCE_DAMPING
+from stride_assets.engine.evaluation.methods.kronfluence_methods import KronfluenceMethod
 from stride_assets.engine.evaluation.methods.stride import StrideMethod
 from stride_assets.engine.evaluation.task import Task, Trained
 
@@ -61,9 +66,21 @@ def _function_method(fn: Callable[..., MethodResult]) -> Callable[..., Attributi
     return make
 
 
+def _kronfluence(strategy: str) -> Callable[..., AttributionMethod]:
+    def make(**settings: Any) -> AttributionMethod:
+        return KronfluenceMethod(strategy, **settings)
+
+    return make
+
+
+PEERS: dict[str, Callable[..., AttributionMethod]] = {
+    f"kronfluence_{strategy}": _kronfluence(strategy) for strategy in ("ekfac", "kfac", "diagonal")}
+
 METHODS: dict[str, Callable[..., AttributionMethod]] = {
     **{name: _function_method(fn) for name, fn in BASELINES.items()},
+    **PEERS,
     "stride": StrideMethod,
+    "ensemble": EnsembleMethod,
 }
 
 
@@ -82,7 +99,8 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
       (on the quick pydoc LM, 32 x 512 = 16,384, building the per-token curvature took 24 GB)
       (it is measured on ``model``, else on ``task.new_model()`` where the task has one; without
       either it is left out);
-    - dattri_trak_*: only when the optional dependency dattri is installed.
+    - dattri_trak_*: only when the optional dependency dattri is installed;
+    - the Kronfluence peers (``PEERS``, a dependency of stride) always, after the baselines.
     TracIn needs a model trained with checkpoints; that is the caller's job, it is always listed.
     """
     if model is None and hasattr(task, "new_model"):
@@ -100,12 +118,14 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
         if name.startswith("dattri_") and not dattri_available():
             continue
         names.append(name)
-    return names
+    return names + list(PEERS)
 
 
 __all__ = [
     "METHODS",
     "BASELINES",
+    "PEERS",
+    "KRONFLUENCE_DAMPING",
     "AttributionMethod",
     "FunctionMethod",
     "StrideMethod",

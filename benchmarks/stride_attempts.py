@@ -1,0 +1,52 @@
+"""Attempts at a better STRIDE, scored on a benchmark's full protocol beside everything else (issue 10).
+
+Each attempt is a method spec run into the same output folder as ``stride bench NAME --out DIR``, so
+it reuses that run's retrains (same ground truth) and its rows join the same report.json:
+
+- ``attempt_ridge``: the suite's logit-form STRIDE with ridge recovery instead of the Lasso
+  (influence need not be sparse); ridge strength chosen on validation.
+- ``attempt_dense``: twice the subsets per example (K x 2, d x 2): a denser measurement.
+- ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
+  the weight and STRIDE's lambda chosen on validation.
+
+    .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stride_assets.engine.evaluation import suites
+from stride_assets.engine.evaluation.bench import MethodSpec, run_benchmark
+
+RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0.9)]
+ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
+
+
+def attempts(stride_logit) -> list[MethodSpec]:
+    K, d = stride_logit.design.K, stride_logit.design.d
+    return [
+        MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
+        MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
+                   grid=suites.LAMBDA_GRID, method="stride"),
+        MethodSpec("attempt_ensemble", {"first": ("stride", {"config": stride_logit}),
+                                        "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="a suite of suites.SUITES, e.g. pydoc-gpt or digits-mlp")
+    ap.add_argument("--out", required=True, type=Path, help="the folder of that suite's `stride bench` run")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="comma-separated attempt names")
+    args = ap.parse_args()
+    suite = suites.build(args.name, quick=args.quick)
+    base = next(spec.settings["config"] for spec in suite.specs if spec.name.startswith("stride_logit"))
+    chosen = [s for s in attempts(base) if not args.only or s.name in args.only.split(",")]
+    run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False)
+
+
+if __name__ == "__main__":
+    main()
