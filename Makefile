@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stride-installed
 
-.PHONY: setup run test ui mlflow-ui clean
+.PHONY: setup run test ui mlflow-ui results clean
 
 # torch comes first with pip (the CPU build on local disk); the rest with uv, which
 # resolves this stack in about a minute where pip 23 needs fifteen.
@@ -24,6 +24,10 @@ test: setup
 
 ui: setup
 	$(VENV)/bin/stride ui
+
+# every benchmark's full protocol, then benchmarks/RESULTS.md (hours on 2 cores; resumable)
+results: setup
+	$(PY) benchmarks/results.py --work .stride/results
 
 mlflow-ui: setup
 	$(VENV)/bin/stride mlflow-ui

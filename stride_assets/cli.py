@@ -44,7 +44,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(quick=args.quick, seed=args.seed, label=args.label, text=args.text,
                            stride_seeds=args.stride_seeds, methods=args.methods, removal=not args.no_removal,
-                           removal_methods=args.removal_methods, removal_ks=args.removal_ks)
+                           removal_methods=args.removal_methods, removal_ks=args.removal_ks,
+                           leave_out=args.leave_out, leave_out_fraction=args.leave_out_fraction,
+                           scenario="hard" if args.hard else "easy", resume=args.resume)
     return commands.bench(args.name, args.out, options, mlflow=not args.no_mlflow)
 
 
@@ -94,20 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     attr.set_defaults(func=cmd_attribute)
 
     b = sub.add_parser("bench", help="measure attribution quality (LDS against real retraining) on a benchmark")
-    b.add_argument("name", metavar="NAME", help="digits-mlp, pydoc-gpt, contamination (recall of planted query copies; "
-                   "takes --out, --quick, --seed, --no-mlflow), incremental (cost of appending 10%% of the data "
+    b.add_argument("name", metavar="NAME", help="digits-mlp, breast-cancer-mlp, wine-mlp (scikit-learn's bundled "
+                   "tables), pydoc-gpt, numpy-docs-gpt (the installed numpy's docstrings), contamination (recall of "
+                   "planted query copies; takes --out, --quick, --seed, --no-mlflow), incremental (cost of appending 10%% of the data "
                    "vs a full re-attribution; --out, --quick, --no-mlflow), or a data file (with --label or --text)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (report.json, scores/, ...)")
-    b.add_argument("--quick", action="store_true", help="reduced protocol for smoke tests")
+    b.add_argument("--quick", action="store_true", help="reduced protocol for smoke tests (and, for LM tasks and "
+                   "data files, a smaller training set and model)")
     b.add_argument("--label", metavar="COL", help="label column of a tabular file (numeric features)")
     b.add_argument("--text", metavar="COL", help="text column of a text file")
     b.add_argument("--methods", type=_names, help="comma-separated subset of methods (default: all applicable)")
     b.add_argument("--seed", type=int, default=0, help="data split seed (default: 0)")
     b.add_argument("--stride-seeds", type=int, default=1, help="repeat STRIDE with this many seeds (default: 1)")
     b.add_argument("--no-removal", action="store_true", help="skip the counterfactual-removal retrains")
+    b.add_argument("--resume", action="store_true",
+                   help="skip methods that OUT's report already has on the same protocol (retrains are always reused)")
     b.add_argument("--removal-methods", type=_names,
                    help="comma-separated methods for the removal test (default: all scored)")
     b.add_argument("--removal-ks", type=_ints, help="comma-separated k of the removal test (default: 10,50; quick: 10)")
+    b.add_argument("--leave-out", type=int, nargs="?", const=0, metavar="M",
+                   help="also score the leave-a-few-out protocol (as Bergson's validate): M retrains, each "
+                        "without a block of the data (default M: 32; quick: 12)")
+    b.add_argument("--leave-out-fraction", type=float, metavar="F",
+                   help="share of the training set each leave-out retrain drops (default: 0.05; implies --leave-out)")
+    b.add_argument("--hard", action="store_true",
+                   help="contamination: the hard scenario (paraphrases and partial copies inside unrelated "
+                        "passages, 5%% of the queries each, beside 5%% exact copies)")
     b.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     b.set_defaults(func=cmd_bench)
 

@@ -109,3 +109,20 @@ def test_ground_truth_cache_reuses_retrains_and_keys_on_the_subsets(tmp_path: Pa
     ground_truth(task, draw_subsets(task.n, 3, 0.5, 2), 1, 0, cache=tmp_path)  # other subsets: retrained
     ground_truth(task, subsets, 1, 1, cache=tmp_path)  # other seed: retrained
     assert calls == [3, 3, 3] and len(list(tmp_path.glob("ground_truth_*.npz"))) == 3
+
+
+def test_resume_skips_methods_already_in_the_report(tmp_path: Path, wine_csv: Path) -> None:
+    """A rerun with resume keeps grad_dot's row as it was and scores only the method that is new."""
+    task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=16, steps=50))
+    small = replace(SMALL, m=4, m_val=3)
+    first = run_benchmark(task, [MethodSpec("grad_dot")], tmp_path, small, log=lambda _: None, removal=False)
+    seen: list[str] = []
+    second = run_benchmark(task, [MethodSpec("grad_dot"), MethodSpec("repsim")], tmp_path, small, log=seen.append,
+                           removal=False, resume=True)
+    assert any("grad_dot: in the report already" in line for line in seen)
+    assert second["grad_dot"] == first["grad_dot"] and "lds_mean" in second["repsim"]
+    later: list[str] = []
+    third = run_benchmark(task, [MethodSpec("grad_dot")], tmp_path, replace(small, seed=5), log=later.append,
+                          removal=False, resume=True)  # another protocol: nothing is reused
+    assert "repsim" not in third and third["protocol"]["seed"] == 5
+    assert not any("in the report already" in line for line in later)

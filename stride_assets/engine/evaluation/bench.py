@@ -13,14 +13,21 @@ Protocol
    per-query cost; peak RSS.
 5. Counterfactual removal: for a few test queries, each method's top-k examples (and k random
    ones) removed, the model retrained, the rise of the query loss recorded.
+6. Optional second protocol, leave-a-few-out (``Protocol.leave_out``, as EleutherAI Bergson's
+   ``validate``): ``LeaveOut.m`` retrains, each on all the data but a small block (``fraction``,
+   e.g. 5%) drawn from the protocol's own seed; the LDS is computed as for the halves (the
+   predicted sum over the kept set, i.e. minus the predicted effect of removing the block), with
+   the same scores (settings chosen on the halves' validation draw) and its own noise ceiling.
 
 Outputs (in ``out``): eval_subsets.parquet, retrained_losses.parquet, scores/<method>.parquet,
-report.json ({method: {lds_mean, lds_std, n_nan, seconds, peak_rss_mb, ...}, "protocol": ...}).
+report.json ({method: {lds_mean, lds_std, n_nan, seconds, peak_rss_mb, ..., leave_out: {lds_mean, ...}},
+"noise_ceiling": ..., "noise_ceiling_leave_out": ..., "protocol": ...}).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +46,16 @@ Log = Callable[[str], None]
 
 
 @dataclass
+class LeaveOut:
+    """Leave-a-few-out retrains: ``m`` models, each trained without ``fraction`` of the examples."""
+
+    m: int = 32
+    fraction: float = 0.05
+    seed: int = 3000  # the left-out blocks (independent of the halves' seeds)
+    noise_subsets: int = 8  # the first retrains redone with Protocol.noise_seed
+
+
+@dataclass
 class Protocol:
     m: int = 64
     fraction: float = 0.5
@@ -53,6 +70,7 @@ class Protocol:
     removal_random: int = 3
     removal_methods: list[str] | None = None  # None: every method scored
     model_seed: int = 0
+    leave_out: LeaveOut | None = None  # None: the halves only
 
 
 @dataclass
@@ -110,6 +128,50 @@ def noise_ceiling(task: Task, subsets: np.ndarray, losses_a: np.ndarray, seed_b:
     against a retrain of the same subsets with ``seed_b``."""
     b = ground_truth(task, subsets, 1, seed_b, cache=cache)["test"]
     return {**seed_agreement(losses_a, b).as_dict(), "subsets": len(subsets)}
+
+
+def leave_out_subsets(n: int, m: int, fraction: float, seed: int) -> np.ndarray:
+    """m kept sets (m, n) bool, each all examples but a block of round(fraction * n) (at least 1).
+
+    The blocks cut a seeded permutation into consecutive pieces (a new permutation when one runs
+    out), so they are disjoint within each pass over the data: Bergson's non-overlapping draw when
+    m * fraction <= 1. Deterministic given the seed.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"leave-out fraction must be in (0, 1), got {fraction}")
+    size = max(1, int(round(fraction * n)))
+    per_pass = max(1, n // size)
+    rng = np.random.default_rng(seed)
+    kept = np.ones((m, n), dtype=bool)
+    for j in range(m):
+        if j % per_pass == 0:
+            order = rng.permutation(n)
+        block = j % per_pass
+        kept[j, order[block * size : (block + 1) * size]] = False
+    return kept
+
+
+def _truth_and_ceiling(task: Task, subsets: np.ndarray, p: Protocol, noise_subsets: int,
+                       cache: Path | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Ground truth of ``subsets`` and the noise ceiling on its first ``noise_subsets``."""
+    truth = ground_truth(task, subsets, p.seeds, p.model_seed, cache=cache)
+    noisy = subsets[:noise_subsets]
+    single = truth["test"][:noise_subsets] if p.seeds == 1 else ground_truth(
+        task, noisy, 1, p.model_seed, cache=cache)["test"]
+    return truth, noise_ceiling(task, noisy, single, p.noise_seed, cache=cache)
+
+
+def leave_out_truth(task: Task, p: Protocol, base_losses: np.ndarray,
+                    cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The leave-out protocol's kept sets, test losses (m, Q), and its noise ceiling, with the mean
+    rise of the test loss over the base model (how much a left-out block moves a query)."""
+    lo = p.leave_out
+    kept = leave_out_subsets(task.n, lo.m, lo.fraction, lo.seed)
+    truth, ceiling = _truth_and_ceiling(task, kept, p, lo.noise_subsets, cache)
+    rise = truth["test"] - base_losses[None, :]
+    return kept, truth["test"], {**ceiling, "left_out": int((~kept[0]).sum()),
+                                 "mean_loss_rise": float(rise.mean()),
+                                 "mean_abs_loss_change": float(np.abs(rise).mean())}
 
 
 def _lds_of(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> float:
@@ -172,11 +234,13 @@ def scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
 
 
 def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Protocol | None = None,
-                  log: Log = print, removal: bool = True) -> dict[str, Any]:
+                  log: Log = print, removal: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run the whole protocol and write its files under ``out``; returns the report.
 
     Retrained losses are cached under ``out/cache``: re-running into the same folder (e.g. with
-    more methods) skips the retrains already done.
+    more methods) skips the retrains already done, and the report keeps the methods of earlier runs
+    on the same protocol that this run did not score (``earlier_methods``). With ``resume``, a method
+    the folder's report already has (without error, same protocol) is not scored again.
     """
     p = protocol or Protocol()
     out = Path(out)
@@ -185,17 +249,16 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     log(f"[{task.name}] base model on n={task.n}")
     with metered() as base_meter:
         trained = task.train(None, seed=p.model_seed, checkpoints=10)
+    base_test = task.query_losses(trained.model, "test")
     base = {split: float(task.query_losses(trained.model, split).mean()) for split in task.query_ids}
     subsets = draw_subsets(task.n, p.m, p.fraction, p.seed)
     val_subsets = draw_subsets(task.n, p.m_val, p.fraction, p.val_seed)
-    log(f"[{task.name}] ground truth: {p.m} + {p.m_val} retrains x {p.seeds} seed(s)")
+    log(f"[{task.name}] ground truth: {p.m} + {p.m_val} retrains x {p.seeds} seed(s)"
+        + (f", leave-out: {p.leave_out.m} retrains without {p.leave_out.fraction:.0%}" if p.leave_out else ""))
     with metered() as gt_meter:
-        truth = ground_truth(task, subsets, p.seeds, p.model_seed, cache=folder.file("cache"))
+        truth, ceiling = _truth_and_ceiling(task, subsets, p, p.noise_subsets, folder.file("cache"))
         val_truth = ground_truth(task, val_subsets, p.seeds, p.model_seed, cache=folder.file("cache"))
-        noisy = subsets[: p.noise_subsets]
-        single = truth["test"][: p.noise_subsets] if p.seeds == 1 else ground_truth(
-            task, noisy, 1, p.model_seed, cache=folder.file("cache"))["test"]
-        ceiling = noise_ceiling(task, noisy, single, p.noise_seed, cache=folder.file("cache"))
+        leave = leave_out_truth(task, p, base_test, folder.file("cache")) if p.leave_out else None
     ex_ids = np.asarray(task.example_ids, dtype=object)
     write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), subsets.sum(1)),
                                 "example_id": ex_ids[np.nonzero(subsets)[1]].tolist()}), folder.file("eval_subsets"))
@@ -205,7 +268,11 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
                                 "loss": truth["test"].ravel()}), folder.file("retrained_losses"))
     report: dict[str, Any] = {}
     all_scores: dict[str, np.ndarray] = {}
+    scored = earlier_methods(folder.file("report"), _protocol_of(task, p), {}) if resume else {}
     for spec in specs:
+        if "lds_mean" in scored.get(spec.name, {}):
+            log(f"[{task.name}] method {spec.name}: in the report already (resume)")
+            continue
         log(f"[{task.name}] method {spec.name}")
         try:
             scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]))
@@ -215,17 +282,59 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
             continue
         result = lds(scores, subsets, truth["test"])
         report[spec.name] = {**result.as_dict(), **stats}
+        if leave is not None:
+            report[spec.name]["leave_out"] = lds(scores, leave[0], leave[1]).as_dict()
         all_scores[spec.name] = scores
         write_parquet(scores_frame(scores, task), folder.file("scores", spec.name))
-        log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)")
+        log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)"
+            + (f", leave-out LDS {report[spec.name]['leave_out']['lds_mean']:.3f}" if leave is not None else ""))
     if removal and all_scores:
         chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}
         report["removal"] = removal_test(task, chosen, p, log, cache=folder.file("cache"))
     report["noise_ceiling"] = ceiling
+    if leave is not None:
+        report["noise_ceiling_leave_out"] = leave[2]
     report["base_model"] = {f"{split}_loss": v for split, v in base.items()} | {
         "train_seconds": base_meter.seconds, **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}
-    report["protocol"] = {**asdict(p), "task": task.name, "n": task.n,
-                          "queries": {s: len(ids) for s, ids in task.query_ids.items()},
-                          "ground_truth_seconds": gt_meter.seconds, "total_seconds": time.perf_counter() - started}
+    report["protocol"] = {**_protocol_of(task, p), "ground_truth_seconds": gt_meter.seconds,
+                          "total_seconds": time.perf_counter() - started}
+    earlier = earlier_methods(folder.file("report"), report["protocol"], report)
+    if leave is not None:
+        earlier = {k: _with_leave_out(v, k, folder, task, leave) for k, v in earlier.items()}
+    report = {**earlier, **report}
     write_json(report, folder.file("report"))
     return report
+
+
+def _protocol_of(task: Task, p: Protocol) -> dict[str, Any]:
+    return {**asdict(p), "task": task.name, "n": task.n, "queries": {s: len(ids) for s, ids in task.query_ids.items()}}
+
+
+def _with_leave_out(entry: dict[str, Any], name: str, folder: BenchFolder, task: Task,
+                    leave: tuple[np.ndarray, np.ndarray, dict[str, Any]]) -> dict[str, Any]:
+    """An earlier method's entry with its leave-out LDS, computed from its stored scores when it lacks one."""
+    path = folder.file("scores", name)
+    if "leave_out" in entry or "error" in entry or not path.exists():
+        return entry
+    frame = pl.read_parquet(path)
+    q_index = {q: j for j, q in enumerate(task.query_ids["test"])}
+    i_index = {e: i for i, e in enumerate(task.example_ids)}
+    scores = np.zeros((len(q_index), task.n))
+    scores[[q_index[q] for q in frame["query_id"]], [i_index[e] for e in frame["example_id"]]] = frame["score"]
+    return {**entry, "leave_out": lds(scores, leave[0], leave[1]).as_dict()}
+
+
+_PROTOCOL_KEYS = ("task", "n", "queries", "m", "fraction", "seed", "seeds", "m_val", "val_seed", "model_seed")
+
+
+def earlier_methods(path: Path, protocol: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The method entries of an earlier report at ``path`` made on the same protocol (same task, data,
+    subsets and seeds, so the same ground truth) that ``report`` does not have; {} otherwise."""
+    if not Path(path).exists():
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    same = all(earlier.get("protocol", {}).get(k) == protocol.get(k) for k in _PROTOCOL_KEYS)
+    same_leave_out = earlier.get("protocol", {}).get("leave_out") == protocol.get("leave_out")
+    skip = {"protocol", "noise_ceiling", "noise_ceiling_leave_out", "base_model"}
+    return {k: v if same_leave_out else {f: x for f, x in v.items() if f != "leave_out"}
+            for k, v in earlier.items() if same and k not in skip and k not in report}

@@ -3,6 +3,9 @@
 For query q and evaluation subsets S_1..S_m (models really retrained on each), LDS(q) is the
 Spearman correlation across j between sum_{i in S_j} score[q, i] and -loss_j(q): positive
 scores mean "training on i lowers q's loss", so a larger predicted sum should mean a lower loss.
+The subsets are the *kept* sets, random halves or all-but-a-small-block (leave-out, as Bergson's
+``validate``): for those, the sum over the kept set is a constant minus the sum over the block, so
+the same score is the Spearman between the predicted effect of removing the block and the loss.
 Queries whose correlation is undefined (constant prediction or target) are NaN; they are
 counted and reported, never silently dropped from the count.
 """

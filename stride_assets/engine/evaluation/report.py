@@ -12,7 +12,7 @@ from typing import Any
 
 from stride_assets.engine.store import BenchFolder
 
-RESERVED = {"protocol", "noise_ceiling", "base_model", "removal"}
+RESERVED = {"protocol", "noise_ceiling", "noise_ceiling_leave_out", "base_model", "removal"}
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,25 @@ def method_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return sorted(rows, key=lambda kv: -kv[1].get("lds_mean", float("-inf")) if "error" not in kv[1] else float("inf"))
 
 
+def _lds_cell(s: dict[str, Any] | None) -> str:
+    return "" if s is None else f"{s['lds_mean']:.3f} ± {s['lds_std']:.3f}"
+
+
 def table(report: dict[str, Any]) -> str:
-    """A markdown table: method, LDS mean ± std, NaN queries, seconds (one-time / per query), peak RSS."""
-    lines = ["| method | LDS | n_nan | seconds | one-time s | per-query s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    """A markdown table: method, LDS mean ± std (halves, and leave-out when measured), NaN queries,
+    seconds (one-time / per query), peak RSS."""
+    leave = "noise_ceiling_leave_out" in report
+    head = ["method", "LDS", *(["leave-out LDS"] if leave else []), "n_nan", "seconds", "one-time s",
+            "per-query s", "peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, s in method_rows(report):
         if "error" in s:
-            lines.append(f"| {name} | failed: {s['error'][:80]} | | | | | |")
+            lines.append(f"| {name} | failed: {s['error'][:80]} |" + " |" * (len(head) - 2))
             continue
-        lines.append(
-            f"| {name} | {s['lds_mean']:.3f} ± {s['lds_std']:.3f} | {s['n_nan']} | {s['seconds']:.1f} | "
-            f"{s['one_time_seconds']:.1f} | {s['per_query_seconds']:.4f} | {s['peak_rss_mb']:.0f} |"
-        )
+        cells = [name, _lds_cell(s), *([_lds_cell(s.get("leave_out"))] if leave else []), str(s["n_nan"]),
+                 f"{s['seconds']:.1f}", f"{s['one_time_seconds']:.1f}", f"{s['per_query_seconds']:.4f}",
+                 f"{s['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     ceiling, base = report.get("noise_ceiling", {}), report.get("base_model", {})
     p = report.get("protocol", {})
     lines.append("")
@@ -54,6 +62,13 @@ def table(report: dict[str, Any]) -> str:
         f"{ceiling.get('lds_mean', float('nan')):.3f} on {ceiling.get('subsets')} subsets; base test loss "
         f"{base.get('test_loss', float('nan')):.3f}"
     )
+    if leave:
+        lo, c = p.get("leave_out") or {}, report["noise_ceiling_leave_out"]
+        lines.append(
+            f"leave-out: m={lo.get('m')} retrains each without {c.get('left_out')} examples ({lo.get('fraction')}); "
+            f"noise ceiling {c.get('lds_mean', float('nan')):.3f} on {c.get('subsets')} subsets; mean |test-loss "
+            f"change| {c.get('mean_abs_loss_change', float('nan')):.4f} (mean rise {c.get('mean_loss_rise', float('nan')):+.4f})"
+        )
     if "removal" in report:
         rises = ", ".join(f"{k} {v:+.4f}" for k, v in report["removal"]["mean_loss_rise"].items())
         lines.append(f"counterfactual removal, mean query-loss rise: {rises}")
@@ -68,7 +83,11 @@ def tracked_run(report: dict[str, Any], out: Path) -> TrackedRun:
         for key in ("lds_mean", "lds_std", "n_nan", "seconds", "one_time_seconds", "per_query_seconds", "peak_rss_mb"):
             if key in s:
                 metrics[f"{name}.{key}"] = s[key]
+        metrics |= {f"{name}.leave_out.{key}": s["leave_out"][key] for key in ("lds_mean", "lds_std")
+                    if key in s.get("leave_out", {})}
     metrics["noise_ceiling"] = report.get("noise_ceiling", {}).get("lds_mean", float("nan"))
+    if "noise_ceiling_leave_out" in report:
+        metrics["noise_ceiling_leave_out"] = report["noise_ceiling_leave_out"].get("lds_mean", float("nan"))
     metrics.update({f"base.{k}": v for k, v in report.get("base_model", {}).items()})
     params = {k: v for k, v in p.items() if not isinstance(v, dict)}
     return TrackedRun(f"bench {p['task']}", {"stride_bench": p["task"]}, params, metrics,
