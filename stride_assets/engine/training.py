@@ -9,11 +9,17 @@ Each step takes ``batch_size`` (subset, member) pairs in a seeded, epoch-wise sh
 
 The frozen model's features come from the cache; only the layers above the hook (activation
 form) or the output head (logit form) run, and no gradient reaches the model's weights.
+
+Training shorter than ``MIN_MEMBER_EPOCHS`` passes over the n * d member pairs (steps * batch_size
+/ (n * d), ``member_epochs``) leaves most operators barely fitted: ``train_operators`` then warns
+(``UndertrainedOperatorsWarning``, also through its log) and names the settings to raise.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +33,32 @@ from stride_assets.engine.lm import warmup_cosine
 from stride_assets.engine.losses import check_finite
 from stride_assets.engine.measure import first_order
 from stride_assets.engine.operators import OperatorBank
+
+MIN_MEMBER_EPOCHS = 2.0  # fewer passes over the member pairs than this: a warning
+
+
+class UndertrainedOperatorsWarning(UserWarning):
+    """Operator training makes too few passes over the design's member pairs."""
+
+
+def member_epochs(steps: int, batch_size: int, n: int, d: int) -> float:
+    """Passes over the n * d (subset, member) pairs that ``steps`` steps of ``batch_size`` pairs make."""
+    return steps * batch_size / max(1, n * d)
+
+
+def warn_if_undertrained(cfg: TrainConfig, n: int, d: int, log: Callable[[str], None]) -> float:
+    """The epochs of member pairs ``cfg`` gives a design of n examples in d subsets each; a warning
+    (log and ``warnings``) when they are under ``MIN_MEMBER_EPOCHS``."""
+    epochs = member_epochs(cfg.steps, cfg.batch_size, n, d)
+    if cfg.steps > 0 and epochs < MIN_MEMBER_EPOCHS:
+        need = math.ceil(MIN_MEMBER_EPOCHS * n * d / cfg.batch_size)
+        msg = (f"operator training sees each member pair {epochs:.2f} times (training.steps {cfg.steps} x "
+               f"training.batch_size {cfg.batch_size} / (n {n} x design.d {d})), under {MIN_MEMBER_EPOCHS:g}: "
+               f"the operators will underfit. Raise training.steps to at least {need}; in the pipeline, "
+               f"training.epochs >= {MIN_MEMBER_EPOCHS:g} instead makes each shard's steps follow its size.")
+        log(f"warning: {msg}")
+        warnings.warn(msg, UndertrainedOperatorsWarning, stacklevel=3)
+    return epochs
 
 
 @dataclass
@@ -144,6 +176,7 @@ def train_operators(
     """Train ``bank`` in place on the cached features of the n training examples."""
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(design, cfg.seed)
+    warn_if_undertrained(cfg, design.n, len(sampler.subsets) // max(1, design.n), log)
     lazy = cfg.optimizer == "lazy_adam"
     params = [p for p in bank.parameters() if p.requires_grad and not (lazy and p is bank.A)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

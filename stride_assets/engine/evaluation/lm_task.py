@@ -1,8 +1,10 @@
 """Language-model benchmarks: a small GPT-2 trained from scratch on text passages.
 
 ``LMTask`` implements the ``Task`` protocol (see ``task.py``) for any list of training texts
-and two query splits; ``pydoc_task`` builds it on the embedded Python docs and ``text_task`` on
-a user's parquet/jsonl file. The fixed setup, shared by the base model and every retrain:
+and two query splits; ``pydoc_task`` builds it on the embedded Python docs, ``numpy_docs_task``
+on the installed numpy's docstrings (``docs_corpus``) and ``text_task`` on a user's parquet/jsonl
+file; with ``quick`` each keeps at most ``QUICK_SIZES`` passages and trains ``QUICK_RECIPE``.
+The fixed setup, shared by the base model and every retrain:
 
 - one byte-level BPE tokenizer, trained once on the training texts (``lm.train_tokenizer``);
 - every example encoded to at most ``max_length`` tokens, right padded (``lm.encode``);
@@ -56,6 +58,7 @@ MAX_LENGTH = 64  # tokens per example (longer texts are truncated)
 PYDOC_RECIPE = TinyModelConfig(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, epochs=12.0, batch_size=16, lr=2e-3,
                                weight_decay=0.01)
 QUICK_RECIPE = PYDOC_RECIPE.model_copy(update={"n_embd": 32, "vocab_size": 512, "epochs": 4.0})  # smoke runs only
+QUICK_SIZES = {"n_val": 20, "n_test": 40, "n_train": 300}  # the quick variant of every LM task (smoke runs)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -311,6 +314,14 @@ def _split_task(
     )
 
 
+def _sized_task(df: pl.DataFrame, name: str, full: dict[str, int | None], *, quick: bool,
+                recipe: TinyModelConfig | None, **kwargs: Any) -> LMTask:
+    """``_split_task`` with the sizes ``full``, or quick: ``QUICK_SIZES`` (at most ``full``) and ``QUICK_RECIPE``."""
+    if quick:
+        full = {k: v if full[k] is None else min(v, full[k]) for k, v in QUICK_SIZES.items()}
+    return _split_task(df, name, recipe=recipe or (QUICK_RECIPE if quick else PYDOC_RECIPE), **full, **kwargs)
+
+
 def pydoc_task(seed: int = 0, quick: bool = False, *, finetune: bool = False, recipe: TinyModelConfig | None = None,
                **kwargs: Any) -> LMTask:
     """The embedded Python docs: 1,154 distinct passages of ~400 characters (~59 tokens at 64).
@@ -321,22 +332,35 @@ def pydoc_task(seed: int = 0, quick: bool = False, *, finetune: bool = False, re
     Extra keyword arguments (``max_length``, ``device``, ``log``, ``pretrain_recipe``) go to ``LMTask``.
     """
     df = load_passages(CorpusConfig(source="pydoc"))
-    sizes = dict(n_val=20, n_test=40, n_train=300) if quick else dict(n_val=50, n_test=100, n_train=None)
-    recipe = recipe or (QUICK_RECIPE if quick else PYDOC_RECIPE)
-    return _split_task(df, "pydoc", seed=seed, finetune=finetune, recipe=recipe, **sizes, **kwargs)
+    return _sized_task(df, "pydoc", dict(n_val=50, n_test=100, n_train=None), quick=quick, recipe=recipe, seed=seed,
+                       finetune=finetune, **kwargs)
+
+
+def numpy_docs_task(seed: int = 0, quick: bool = False, *, finetune: bool = False,
+                    recipe: TinyModelConfig | None = None, **kwargs: Any) -> LMTask:
+    """The installed numpy's docstrings (``docs_corpus``; ~3,300 distinct passages with numpy 2.4).
+
+    Sizes as ``pydoc_task`` but a training set capped at 1,000 passages (a seeded sample), so
+    that a retrain costs about what a pydoc one does; the task's name records numpy's version.
+    """
+    from stride_assets.engine.evaluation.docs_corpus import package_passages, package_version
+
+    return _sized_task(package_passages("numpy"), f"numpy-{package_version('numpy')}-docs",
+                       dict(n_val=50, n_test=100, n_train=1000), quick=quick, recipe=recipe, seed=seed,
+                       finetune=finetune, **kwargs)
 
 
 def text_task(
     path: str | Path, text_column: str = "text", *, seed: int = 0, n_val: int = 50, n_test: int = 100,
     n_train: int | None = None, id_column: str | None = None, finetune: bool = False,
-    recipe: TinyModelConfig | None = None, **kwargs: Any,
+    recipe: TinyModelConfig | None = None, quick: bool = False, **kwargs: Any,
 ) -> LMTask:
     """An LM task on a user's parquet/jsonl/csv/txt file (one passage per row, see ``corpus``).
 
     Input problems (missing file or column, non-string rows, ...) raise ``StrideInputError`` from
-    ``corpus.load_passages``; the split is as in ``pydoc_task``.
+    ``corpus.load_passages``; the split is as in ``pydoc_task`` (``quick``: at most ``QUICK_SIZES``).
     """
     df = load_passages(CorpusConfig(source="files", paths=[str(path)], text_column=text_column, id_column=id_column))
-    return _split_task(df, Path(path).stem, seed=seed, n_val=n_val, n_test=n_test, n_train=n_train,
-                       finetune=finetune, recipe=recipe, **kwargs)
+    return _sized_task(df, Path(path).stem, dict(n_val=n_val, n_test=n_test, n_train=n_train), quick=quick,
+                       recipe=recipe, seed=seed, finetune=finetune, **kwargs)
 

@@ -1,9 +1,18 @@
 """Named benchmarks: a task, the methods to compare on it, and the protocol (full or quick).
 
     digits-mlp            scikit-learn's load_digits, MLP classifier, STRIDE in logit form and on the hidden layer
+    breast-cancer-mlp     scikit-learn's load_breast_cancer (569 rows, 2 classes), as digits-mlp
+    wine-mlp              scikit-learn's load_wine (178 rows, 3 classes), as digits-mlp
     pydoc-gpt             the embedded Python docs, a small GPT-2 trained here, STRIDE in activation (and logit) form
+    numpy-docs-gpt        the installed numpy's docstrings (its version in the task name), as pydoc-gpt
     PATH --label COL      any tabular parquet/csv: numeric features + label column, MLP
     PATH --text COL       any text parquet/jsonl: a small GPT-2 trained on it
+
+Every one is offline (scikit-learn's loaders read files it ships). ``--quick`` is quick for each:
+the quick protocol, and for the LM tasks and user tables a smaller training set and model; the
+STRIDE settings give the operators at least ``MIN_OPERATOR_EPOCHS`` passes over the member pairs
+of the task's training set (``steps`` raised where the default would give fewer), and subsets of
+``MIN_SUBSET_MEMBERS`` examples on average at least (K lowered on small training sets).
 
 ``BENCHES`` is what ``stride bench NAME`` can run: those suites (any other NAME is a data file), and
 the ``contamination`` and ``incremental`` scenarios; ``run_bench`` runs one and hands what to log to
@@ -12,6 +21,7 @@ a ``track`` callback (the harness never imports MLflow).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -26,6 +36,8 @@ from stride_assets.engine.evaluation.report import TrackedRun
 from stride_assets.engine.evaluation.task import Task
 from stride_assets.engine.store import BenchFolder
 
+MIN_OPERATOR_EPOCHS = 3.0  # the suites' operator training: at least this many passes over the member pairs
+MIN_SUBSET_MEMBERS = 8  # and K at most n * d / this: a design for few examples (wine: 100) keeps no empty subset
 LAMBDA_GRID = [{"lambda_ratio": r} for r in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
 DAMPING_GRID = [{"damping": d} for d in (1e-3, 1e-2, 1e-1, 1.0)]
 
@@ -39,36 +51,48 @@ class Suite:
 
 def baseline_specs(task: Task, model_probe=None) -> list[MethodSpec]:
     """Every applicable baseline, with the settings it may choose on validation."""
-    from stride_assets.engine.evaluation.methods import applicable
+    from stride_assets.engine.evaluation.methods import KRONFLUENCE_DAMPING, PEERS, applicable
 
-    grids = {"logra": DAMPING_GRID, "if_exact": DAMPING_GRID,
+    grids = {"logra": DAMPING_GRID, "if_exact": DAMPING_GRID, **{name: KRONFLUENCE_DAMPING for name in PEERS},
              "tfidf": [{"on": "words"}, {"on": "token_ids"}] if hasattr(task, "token_ids") else [{"on": "words"}]}
     return [MethodSpec(name, grid=grids.get(name, [{}])) for name in applicable(task, model_probe)]
 
 
-def classifier_stride(quick: bool) -> dict[str, StrideConfig]:
-    """STRIDE on an MLP classifier: logit form, and the hidden-layer (activation) form.
+def _fit_to(base: StrideConfig, n: int | None) -> StrideConfig:
+    """``base`` for a training set of ``n`` examples (None: as it is): K lowered, where needed, to
+    n * d / ``MIN_SUBSET_MEMBERS``, and training.steps raised to ``MIN_OPERATOR_EPOCHS`` epochs of the
+    n * d member pairs."""
+    if n is None:
+        return base
+    t, d = base.training, base.design.d
+    K = min(base.design.K, max(d + 1, n * d // MIN_SUBSET_MEMBERS))
+    need = math.ceil(MIN_OPERATOR_EPOCHS * n * d / t.batch_size)
+    return base.with_(design={"K": K}, training={"steps": max(t.steps, need)})
+
+
+def classifier_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
+    """STRIDE on an MLP classifier (``n`` training examples): logit form, and the hidden-layer (activation) form.
 
     K, d and rank were chosen on the digits validation draw (benchmarks/ablation_digits.json):
     rank 16 -> 64 raised validation LDS 0.48 -> 0.53, K 512/d 16 -> K 1024/d 32 to 0.56.
     """
-    base = StrideConfig().with_(
+    base = _fit_to(StrideConfig().with_(
         design={"K": 256 if quick else 1024, "d": 16 if quick else 32},
         operators={"form": "logit", "rank": 64},
         training={"steps": 100 if quick else 250, "batch_size": 2048, "lr": 1e-2, "stability_weight": 1.0},
         recovery={"n_jobs": -1},
-    )
+    ), n)
     return {"stride_logit": base, "stride_hidden": base.with_(operators={"form": "activation"})}
 
 
-def lm_stride(quick: bool) -> dict[str, StrideConfig]:
-    """STRIDE on a small GPT-2: activation form at the default layer, and the logit form."""
-    base = StrideConfig().with_(
+def lm_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
+    """STRIDE on a small GPT-2 (``n`` training passages): activation form at the default layer, and the logit form."""
+    base = _fit_to(StrideConfig().with_(
         design={"K": 64 if quick else 256, "d": 4 if quick else 8},
         operators={"form": "activation", "rank": 16},
         training={"steps": 100 if quick else 1000, "batch_size": 32},
         recovery={"n_jobs": -1},
-    )
+    ), n)
     return {"stride": base, "stride_logit": base.with_(operators={"form": "logit"})}
 
 
@@ -94,16 +118,27 @@ def build(name: str, *, quick: bool = False, label: str | None = None, text: str
     return Suite(task, _specs(task, stride, stride_seeds), protocol)
 
 
-def _digits(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
-    from stride_assets.engine.evaluation.tabular import digits_task
-
-    return digits_task(seed=seed), classifier_stride(quick)
+SuiteBuilder = Callable[[bool, int], tuple[Task, dict[str, StrideConfig]]]
 
 
-def _pydoc(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
-    from stride_assets.engine.evaluation.lm_task import pydoc_task
+def _classifier_suite(builder: str) -> SuiteBuilder:
+    """``tabular.<builder>(seed=)``, the same task full or quick (it is small), with ``classifier_stride``."""
 
-    return pydoc_task(seed=seed, quick=quick), lm_stride(quick)
+    def make(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
+        task = getattr(import_module("stride_assets.engine.evaluation.tabular"), builder)(seed=seed)
+        return task, classifier_stride(quick, task.n)
+
+    return make
+
+
+def _lm_suite(builder: str) -> SuiteBuilder:
+    """``lm_task.<builder>(seed=, quick=)`` (quick: fewer passages, smaller GPT-2) with ``lm_stride``."""
+
+    def make(quick: bool, seed: int) -> tuple[Task, dict[str, StrideConfig]]:
+        task = getattr(import_module("stride_assets.engine.evaluation.lm_task"), builder)(seed=seed, quick=quick)
+        return task, lm_stride(quick, task.n)
+
+    return make
 
 
 def _data_file(name: str) -> Path:
@@ -115,21 +150,26 @@ def _data_file(name: str) -> Path:
 
 def _file_task(name: str, label: str | None, text: str | None, quick: bool,
                seed: int) -> tuple[Task, dict[str, StrideConfig]]:
-    """A user file: tabular with ``label`` (an MLP), or text with ``text`` (a small GPT-2)."""
+    """A user file: tabular with ``label`` (an MLP), or text with ``text`` (a small GPT-2); ``quick``: a
+    smaller training set and model (``tabular.QUICK_ROWS``, ``lm_task.QUICK_SIZES`` and their recipes)."""
     path = _data_file(name)
     if (label is None) == (text is None):
         raise StrideInputError("benchmark on a file needs exactly one of --label COL (tabular) or --text COL (text)")
     if label is not None:
         from stride_assets.engine.evaluation.tabular import tabular_task
 
-        return tabular_task(path, label, seed=seed), classifier_stride(quick)
+        task = tabular_task(path, label, seed=seed, quick=quick)
+        return task, classifier_stride(quick, task.n)
     from stride_assets.engine.evaluation.lm_task import text_task
 
-    return text_task(path, text, seed=seed), lm_stride(quick)
+    task = text_task(path, text, seed=seed, quick=quick)
+    return task, lm_stride(quick, task.n)
 
 
-SUITES: dict[str, Callable[[bool, int], tuple[Task, dict[str, StrideConfig]]]] = {
-    "digits-mlp": _digits, "pydoc-gpt": _pydoc}
+SUITES: dict[str, SuiteBuilder] = {
+    "digits-mlp": _classifier_suite("digits_task"), "breast-cancer-mlp": _classifier_suite("breast_cancer_task"),
+    "wine-mlp": _classifier_suite("wine_task"), "pydoc-gpt": _lm_suite("pydoc_task"),
+    "numpy-docs-gpt": _lm_suite("numpy_docs_task")}
 
 
 # --- the ``stride bench`` registry ---------------------------------------------------------------
@@ -150,6 +190,10 @@ class BenchOptions:
     removal: bool = True
     removal_methods: list[str] | None = None
     removal_ks: list[int] | None = None
+    leave_out: int | None = None  # leave-out protocol retrains (0: 32, quick 12); None: halves only
+    leave_out_fraction: float | None = None  # share each leave-out retrain drops (None: 5%; implies leave_out)
+    resume: bool = False  # skip the methods the output folder's report already has on the same protocol
+    scenario: str = "easy"  # contamination: "easy" (exact / lightly edited copies) or "hard"
 
 
 def _report_path(result: dict[str, Any], out: Path) -> str:
@@ -169,8 +213,9 @@ class Bench:
 
 
 def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
-    """LDS against real retraining: a named suite or a user file, the chosen methods and removal protocol."""
-    from stride_assets.engine.evaluation.bench import run_benchmark
+    """LDS against real retraining: a named suite or a user file, the chosen methods and removal protocol,
+    and the leave-out protocol when asked for."""
+    from stride_assets.engine.evaluation.bench import LeaveOut, run_benchmark
 
     suite = build(name, quick=options.quick, label=options.label, text=options.text, seed=options.seed,
                   stride_seeds=options.stride_seeds)
@@ -186,7 +231,12 @@ def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any
         protocol = replace(protocol, removal_methods=list(options.removal_methods))
     if options.removal_ks:
         protocol = replace(protocol, removal_ks=list(options.removal_ks))
-    return run_benchmark(suite.task, specs, out, protocol, log=log, removal=options.removal)
+    if options.leave_out is not None or options.leave_out_fraction is not None:
+        leave = LeaveOut(m=12, noise_subsets=4) if options.quick else LeaveOut()
+        leave = replace(leave, m=options.leave_out or leave.m,
+                        fraction=options.leave_out_fraction or leave.fraction)
+        protocol = replace(protocol, leave_out=leave)
+    return run_benchmark(suite.task, specs, out, protocol, log=log, removal=options.removal, resume=options.resume)
 
 
 def _late(module: str, name: str) -> Callable[..., Any]:
@@ -201,7 +251,8 @@ def _late(module: str, name: str) -> Callable[..., Any]:
 def _contamination(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
     from stride_assets.engine.evaluation import contamination_bench
 
-    return contamination_bench.run(out, options.quick, contamination_bench.Scenario(seed=options.seed), log=log)
+    scenario = contamination_bench.Scenario.named(options.scenario, seed=options.seed)
+    return contamination_bench.run(out, options.quick, scenario, log=log)
 
 
 def _incremental(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
