@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from eval_toys import toy, toy_trained  # noqa: F401  (module-scoped fixtures)
+from eval_toys import ToyTask, toy, toy_trained  # noqa: F401  (module-scoped fixtures)
+from stride_assets.engine.errors import StrideConfigError
 from stride_assets.engine.evaluation.methods import CountSketch, per_example_grads, score_method
 from stride_assets.engine.evaluation.task import Trained
 from stride_assets.engine.losses import sequence_nll
@@ -144,29 +145,70 @@ def test_gradient_methods_match_an_explicit_autograd_loop(toy, toy_trained):
     np.testing.assert_allclose(tracin.scores, expected.numpy(), rtol=1e-4, atol=1e-7)
 
 
-def test_logra_equals_the_damped_primal_formula(toy, toy_trained):
-    """Kernel (n < k) and primal forms agree with G_q (Phi^T Phi + lambda I)^-1 Phi^T."""
-    Phi = autograd_grads(toy, toy_trained.model, toy.train_batch())
-    Gq = autograd_grads(toy, toy_trained.model, toy.query_batch("test"))
+def _logra_reference(task, model, split: str, damping: float, curvature: str) -> torch.Tensor:
+    """G_q (Phi^T Phi + lambda I)^-1 G^T, Phi = diag(w) G, lambda = damping * trace / min(n, k), by autograd."""
+    G = autograd_grads(task, model, task.train_batch())
+    Gq = autograd_grads(task, model, task.query_batch(split))
+    with torch.no_grad():
+        loss = task.example_loss(model, task.train_batch()).double()
+    p, one_minus_p = torch.exp(-loss), (-torch.expm1(-loss)).clamp_min(1e-6)
+    w = {"fisher": torch.ones_like(p), "trak": 1 / one_minus_p, "gauss_newton": (p / one_minus_p).sqrt()}[curvature]
+    Phi = G * w[:, None]
+    A = Phi.T @ Phi
+    lam = damping * float(torch.trace(A)) / min(G.shape)
+    return Gq @ torch.linalg.solve(A + lam * torch.eye(A.shape[0], dtype=A.dtype), G.T), lam
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "trak", "fisher"])
+def test_logra_equals_the_damped_primal_formula(toy, toy_trained, curvature):
+    """scores = G_q (Phi^T Phi + lambda I)^-1 G^T with the curvature's row weights (n = 103 > k = 75: primal)."""
     for damping in (0.5, 1e-3):
-        res = score_method("logra", toy, toy_trained, "test", damping=damping, proj_dim=None)
-        A = Phi.T @ Phi
-        lam = damping * float(torch.trace(A)) / A.shape[0]
-        expected = Gq @ torch.linalg.solve(A + lam * torch.eye(A.shape[0], dtype=A.dtype), Phi.T)
+        res = score_method("logra", toy, toy_trained, "test", damping=damping, proj_dim=None, curvature=curvature)
+        expected, lam = _logra_reference(toy, toy_trained.model, "test", damping, curvature)
         np.testing.assert_allclose(res.scores, expected.numpy(), rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
-        assert res.info["form"] == "primal"  # n = 103 > k = 75 parameters
+        assert res.info["form"] == "primal"
         assert res.info["lam"] == pytest.approx(lam)
+        assert res.settings["curvature"] == curvature
 
 
-def test_logra_kernel_form_matches_primal_form():
-    from stride_assets.engine.evaluation.methods.base import DampedSolver
+@pytest.mark.parametrize("curvature", ["gauss_newton", "fisher"])
+def test_logra_kernel_form_matches_the_primal_formula(curvature):
+    """n = 23 < k = 75: the Woodbury (n x n) form gives the same scores, and lambda is over min(n, k) = n."""
+    task = ToyTask(n_base=20)
+    trained = task.train(None, seed=0)
+    for damping in (1.0, 0.01):
+        res = score_method("logra", task, trained, "val", damping=damping, proj_dim=None, curvature=curvature)
+        expected, lam = _logra_reference(task, trained.model, "val", damping, curvature)
+        assert res.info["form"] == "kernel"
+        assert res.info["lam"] == pytest.approx(lam)
+        np.testing.assert_allclose(res.scores, expected.numpy(), rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_gauss_newton_weights_give_the_exact_logistic_hessian():
+    """Binary logistic regression (a planted case where the Gauss-Newton is the Hessian): with
+    w = sqrt(p / (1-p)), sum_i w_i^2 g_i g_i^T equals the autograd Hessian of the summed loss;
+    the empirical Fisher (w = 1) and TRAK's margin features (w = 1 / (1-p)) do not."""
+    from stride_assets.engine.evaluation.methods.gradients import curvature_weights
 
     gen = torch.Generator().manual_seed(0)
-    Phi, Gq = torch.randn(20, 50, generator=gen).double(), torch.randn(3, 50, generator=gen).double()
-    primal = DampedSolver.fit(Phi.T @ Phi, 0.3)
-    kernel = DampedSolver.fit(Phi @ Phi.T, 0.3, size=50)
-    assert kernel.lam == pytest.approx(primal.lam)
-    torch.testing.assert_close(kernel.solve(Phi @ Gq.T).T, primal.solve(Gq.T).T @ Phi.T)
+    X = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = (X[:, 0] + 0.5 * torch.randn(40, generator=gen, dtype=torch.float64) > 0).double()
+    theta = torch.tensor([2.0, -0.5, 0.3], dtype=torch.float64)
+    per_loss = lambda t: torch.nn.functional.binary_cross_entropy_with_logits(X @ t, y, reduction="none")  # noqa: E731
+    H = torch.autograd.functional.hessian(lambda t: per_loss(t).sum(), theta)
+    G = torch.autograd.functional.jacobian(per_loss, theta)
+    loss = per_loss(theta).detach()
+    fits = {}
+    for curvature in ("gauss_newton", "fisher", "trak"):
+        Phi = G * curvature_weights(loss, curvature)[:, None]
+        fits[curvature] = float((Phi.T @ Phi - H).norm() / H.norm())
+    assert fits["gauss_newton"] < 1e-8
+    assert fits["fisher"] > 0.1 and fits["trak"] > 0.1
+
+
+def test_logra_rejects_an_unknown_curvature(toy, toy_trained):
+    with pytest.raises(StrideConfigError, match="curvature"):
+        score_method("logra", toy, toy_trained, "test", curvature="hessian")
 
 
 def test_if_exact_equals_a_dense_brute_force(toy, toy_trained):

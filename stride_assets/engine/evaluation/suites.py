@@ -40,6 +40,9 @@ MIN_OPERATOR_EPOCHS = 3.0  # the suites' operator training: at least this many p
 MIN_SUBSET_MEMBERS = 8  # and K at most n * d / this: a design for few examples (wine: 100) keeps no empty subset
 LAMBDA_GRID = [{"lambda_ratio": r} for r in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
 DAMPING_GRID = [{"damping": d} for d in (1e-3, 1e-2, 1e-1, 1.0)]
+# logra's damping is relative to trace / min(n, k); its best values sat at the top of the grid above
+# on every benchmark (benchmarks/notes_logra.md)
+LOGRA_DAMPING_GRID = [{"damping": d} for d in (0.1, 0.3, 1.0, 3.0, 10.0)]
 
 
 @dataclass
@@ -53,7 +56,7 @@ def baseline_specs(task: Task, model_probe=None) -> list[MethodSpec]:
     """Every applicable baseline, with the settings it may choose on validation."""
     from stride_assets.engine.evaluation.methods import KRONFLUENCE_DAMPING, PEERS, applicable
 
-    grids = {"logra": DAMPING_GRID, "if_exact": DAMPING_GRID, **{name: KRONFLUENCE_DAMPING for name in PEERS},
+    grids = {"logra": LOGRA_DAMPING_GRID, "if_exact": DAMPING_GRID, **{name: KRONFLUENCE_DAMPING for name in PEERS},
              "tfidf": [{"on": "words"}, {"on": "token_ids"}] if hasattr(task, "token_ids") else [{"on": "words"}]}
     return [MethodSpec(name, grid=grids.get(name, [{}])) for name in applicable(task, model_probe)]
 

@@ -8,7 +8,8 @@ STRIDE is ``StrideMethod`` (``stride.py``, over the engine's facade).
 
 | name | family | module |
 |---|---|---|
-| grad_dot, grad_cos, tracin, logra | per-example gradients (optionally CountSketch-projected) | gradients |
+| grad_dot, grad_cos, tracin | per-example gradients | gradients |
+| logra | Gauss-Newton-weighted projected influence (TRAK-like; CountSketch projection) | gradients |
 | repsim, tfidf | similarity of representations / of texts | similarity |
 | if_exact | exact influence function on the last linear layer | influence |
 | dattri_trak_1, dattri_trak_5 | dattri's TRAK (optional dependency) | dattri_methods |

@@ -1,5 +1,8 @@
 """Gradient baselines: Grad-Dot, Grad-Cos, TracIn-CP and projected-gradient influence (LoGra/TRAK style).
 
+``logra`` is an influence function on projected per-example gradients with a Gauss-Newton
+curvature (see its docstring and benchmarks/notes_logra.md for what was measured).
+
 Per-example gradients of the example loss w.r.t. all parameters come from
 ``vmap(grad(task.functional_loss(model)))`` in chunks of examples. Optionally each chunk is
 compressed at once by a seeded CountSketch (a hash bucket and a sign per coordinate), so no
@@ -101,20 +104,29 @@ def resolve_chunk_size(chunk_size: int | str, n_params: int) -> int:
 # --- per-example gradients ---------------------------------------------------------------------
 
 
+def per_example_grads_and_losses(
+    task: Task, model: nn.Module, batch: Batch, chunk_size: int | str = "auto", sketch: CountSketch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (N, D) of each example's loss w.r.t. all parameters, or (N, k) sketched chunk by chunk,
+    and the losses (N,) themselves (from the same pass: ``grad_and_value``)."""
+    params = trainable(model)
+    chunk_size = resolve_chunk_size(chunk_size, sum(p.numel() for p in params.values()))
+    grad_fn = torch.func.vmap(torch.func.grad_and_value(task.functional_loss(model)), in_dims=(None, 0))
+    out, losses = [], []
+    with evaluating(model):
+        for part in chunks(batch, chunk_size):
+            grads, loss = grad_fn(params, part)
+            flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in params], dim=1)
+            out.append(sketch(flat) if sketch is not None else flat)
+            losses.append(loss.detach().reshape(-1))
+    return torch.cat(out).to(torch.float32), torch.cat(losses).to(torch.float64)
+
+
 def per_example_grads(
     task: Task, model: nn.Module, batch: Batch, chunk_size: int | str = "auto", sketch: CountSketch | None = None
 ) -> torch.Tensor:
     """Gradients (N, D) of each example's loss w.r.t. all parameters, or (N, k) sketched chunk by chunk."""
-    params = trainable(model)
-    chunk_size = resolve_chunk_size(chunk_size, sum(p.numel() for p in params.values()))
-    grad_fn = torch.func.vmap(torch.func.grad(task.functional_loss(model)), in_dims=(None, 0))
-    out = []
-    with evaluating(model):
-        for part in chunks(batch, chunk_size):
-            grads = grad_fn(params, part)
-            flat = torch.cat([grads[k].reshape(grads[k].shape[0], -1) for k in params], dim=1)
-            out.append(sketch(flat) if sketch is not None else flat)
-    return torch.cat(out).to(torch.float32)
+    return per_example_grads_and_losses(task, model, batch, chunk_size, sketch)[0]
 
 
 @dataclass(frozen=True)
@@ -135,10 +147,13 @@ class GradientSpace:
         return cls(sketch, dim, resolve_chunk_size(chunk_size, n_params))
 
     def grads(self, task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return per_example_grads(task, model, batch, self.chunk_size, self.sketch)
+        return self.grads_and_losses(task, model, batch)[0]
+
+    def grads_and_losses(self, task: Task, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return per_example_grads_and_losses(task, model, batch, self.chunk_size, self.sketch)
 
 
-_cache: "OrderedDict[tuple, tuple[weakref.ref, weakref.ref, torch.Tensor, float]]" = OrderedDict()
+_cache: "OrderedDict[tuple, tuple[weakref.ref, weakref.ref, torch.Tensor, torch.Tensor, float]]" = OrderedDict()
 
 
 def _versions(model: nn.Module) -> tuple:
@@ -146,7 +161,14 @@ def _versions(model: nn.Module) -> tuple:
 
 
 def train_grads(task: Task, model: nn.Module, space: GradientSpace, seed: int) -> tuple[torch.Tensor, float]:
-    """Training-set gradients of ``model`` in ``space`` and the seconds they took when computed.
+    """Training-set gradients of ``model`` in ``space`` and the seconds they took when computed."""
+    G, _, seconds = train_grads_and_losses(task, model, space, seed)
+    return G, seconds
+
+
+def train_grads_and_losses(task: Task, model: nn.Module, space: GradientSpace,
+                           seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Training-set gradients and losses of ``model`` in ``space``, and the seconds they took when computed.
 
     Cached per (live task, live model, parameter versions, projection, chunk size): an in-place
     change of the parameters (``load_state_dict``, an optimizer step) bumps their versions, and a
@@ -156,14 +178,14 @@ def train_grads(task: Task, model: nn.Module, space: GradientSpace, seed: int) -
     hit = _cache.get(key)
     if hit is not None and hit[0]() is task and hit[1]() is model:
         _cache.move_to_end(key)
-        return hit[2], hit[3]
+        return hit[2], hit[3], hit[4]
     start = time.perf_counter()
-    G = space.grads(task, model, task.train_batch(None))
+    G, losses = space.grads_and_losses(task, model, task.train_batch(None))
     seconds = time.perf_counter() - start
-    _cache[key] = (weakref.ref(task), weakref.ref(model), G, seconds)
+    _cache[key] = (weakref.ref(task), weakref.ref(model), G, losses, seconds)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
-    return G, seconds
+    return G, losses, seconds
 
 
 def clear_cache() -> None:
@@ -242,27 +264,79 @@ def tracin(task: Task, trained: Trained, split: str, proj_dim: int | str | None 
     return clock.result(scores, _settings(space, proj_dim, seed, chunk_size, checkpoints=len(trained.checkpoints)))
 
 
-def logra(task: Task, trained: Trained, split: str, damping: float = 1.0, proj_dim: int | str | None = "auto",
-          seed: int = 0, chunk_size: int | str = "auto") -> MethodResult:
-    """Projected-gradient influence: scores = G_q (Phi^T Phi + lambda I)^-1 Phi^T.
+CURVATURES = ("gauss_newton", "trak", "fisher")
+_ONE_MINUS_P_FLOOR = 1e-6  # float32 losses below ~1e-7 round to 0; such examples' rows are ~0 anyway
 
-    Phi (n, k) holds the (projected) training gradients, lambda = damping * trace(Phi^T Phi) / k.
-    When n < k the same scores come from the kernel form G_q Phi^T (Phi Phi^T + lambda I)^-1
-    (push-through identity), which factors an n x n matrix instead of k x k. The Cholesky factor
-    is one-time; its solves for the queries are per-query. When k >> n most eigenvalues of
-    Phi^T Phi are 0, so the mean eigenvalue is small: on digits (exact gradients, k = 9,610,
-    n = 1,300) damping 1-10 was best on validation; tune it there.
+
+def curvature_weights(losses: torch.Tensor, curvature: str) -> torch.Tensor:
+    """Per-example row weights w_i of the curvature features Phi_i = w_i g_i, from the losses.
+
+    With p_i = exp(-loss_i) (the correct-class probability; for a sequence exp of minus its mean
+    token loss) and 1 - p_i = -expm1(-loss_i), floored at ``_ONE_MINUS_P_FLOOR``:
+    - "gauss_newton": sqrt(p / (1 - p)). For the logistic loss on a linear model g = -(1-p) x and
+      the Hessian is p (1-p) x x^T = (p / (1-p)) g g^T: the exact per-example Gauss-Newton (for a
+      softmax, exact when the residual sits on one wrong class);
+    - "trak": 1 / (1 - p): TRAK's features, the gradients of the margin log(p / (1-p));
+    - "fisher": 1 (the empirical Fisher sum g g^T; it under-weights well-fit examples by (1-p)).
     """
+    if curvature not in CURVATURES:
+        raise StrideConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    losses = losses.to(torch.float64).clamp_min(0.0)
+    if curvature == "fisher":
+        return torch.ones_like(losses)
+    one_minus_p = (-torch.expm1(-losses)).clamp_min(_ONE_MINUS_P_FLOOR)
+    if curvature == "trak":
+        return 1.0 / one_minus_p
+    return (torch.exp(-losses) / one_minus_p).sqrt()
+
+
+def logra(task: Task, trained: Trained, split: str, damping: float = 1.0, proj_dim: int | str | None = "auto",
+          seed: int = 0, chunk_size: int | str = "auto", curvature: str = "gauss_newton") -> MethodResult:
+    """Projected-gradient influence function: scores = G_q (Phi^T Phi + lambda I)^-1 G_train^T.
+
+    G (n, k) are the (CountSketch-projected, or exact) loss gradients of all parameters at the final
+    model; the curvature features are Phi_i = w_i G_i with the weights of ``curvature_weights``
+    (default "gauss_newton": w = sqrt(p / (1-p)), the Gauss-Newton of the cross-entropy per
+    example; "trak" gives TRAK's margin-gradient curvature, "fisher" the empirical Fisher of the
+    version before issue 10). lambda = damping * trace(Phi^T Phi) / min(n, k): damping is relative
+    to the mean *nonzero* eigenvalue (at most min(n, k) of them); the older trace / k made the
+    grid's 1.0 a 7-14x smaller ridge whenever n < k, below every optimum measured.
+    When n < k the scores come from the kernel form (Woodbury)
+    (Phi^T Phi + lambda I)^-1 = (I - Phi^T (Phi Phi^T + lambda I)^-1 Phi) / lambda; with
+    Phi = diag(w) G only the n x n Gram G G^T is needed, and (Phi Phi^T + lambda I)^-1 Phi G^T is
+    one-time, so a query costs its n inner products <g_q, g_i> and an n x n product.
+    It is TRAK-like (one model, projected gradients, a Gauss-Newton-type curvature, no ensemble);
+    ``curvature="trak"`` is TRAK's estimator up to a per-query scale (but with a CountSketch). Best damping on validation (benchmarks/notes_logra.md): about
+    0.3-10 (digits 1, breast cancer 10, wine 1, iris 0.3, pydoc-gpt quick 1-3); tune it there.
+    """
+    if curvature not in CURVATURES:
+        raise StrideConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     clock = Clock()
-    G_query, G_train, space = _final_model_grads(task, trained, split, clock, proj_dim, seed, chunk_size)
+    space = GradientSpace.for_model(trained.model, proj_dim, seed, chunk_size)
+    G_train, losses, seconds = train_grads_and_losses(task, trained.model, space, seed)
+    clock.add("one_time", seconds)
+    with clock("per_query"):
+        G_query = space.grads(task, trained.model, task.query_batch(split))
     n, k = G_train.shape
-    Phi = G_train.double()
+    G = G_train.double()
     with clock("one_time"):
+        w = curvature_weights(losses, curvature)
         kernel = n < k
-        gram = Phi @ Phi.T if kernel else Phi.T @ Phi  # same trace; lambda's mean eigenvalue is over k
-        solver = DampedSolver.fit(gram, damping, size=k)
+        if kernel:  # Phi = diag(w) G: one n x n Gram G G^T gives Phi Phi^T and Phi G^T
+            GG = G @ G.T
+            solver = DampedSolver.fit(w[:, None] * GG * w[None, :], damping)  # mean eigenvalue over n
+            if solver.lam <= 0:
+                raise StrideConfigError("logra in kernel form (n < k parameters) needs damping > 0")
+            M = solver.solve(w[:, None] * GG)  # (Phi Phi^T + lambda I)^-1 Phi G^T
+        else:
+            Phi = G * w[:, None]
+            solver = DampedSolver.fit(Phi.T @ Phi, damping)  # mean eigenvalue over k
     with clock("per_query"):
         Gq = G_query.double()
-        scores = solver.solve(Phi @ Gq.T).T if kernel else solver.solve(Gq.T).T @ Phi.T
-    return clock.result(scores, _settings(space, proj_dim, seed, chunk_size, damping=damping), lam=solver.lam,
-                        form="kernel" if kernel else "primal")
+        if kernel:
+            S = Gq @ G.T
+            scores = (S - (S * w[None, :]) @ M) / solver.lam
+        else:
+            scores = solver.solve(Gq.T).T @ G.T
+    return clock.result(scores, _settings(space, proj_dim, seed, chunk_size, damping=damping, curvature=curvature),
+                        lam=solver.lam, form="kernel" if kernel else "primal")
