@@ -119,3 +119,13 @@ def test_ensemble_runs_both_methods(tmp_path: Path) -> None:
     assert {"steering_operators", "influence_factors"} <= set(results)
     meta = results["influence_scores"][0].metadata
     assert meta["method"] == "ensemble" and meta["ensemble_weight"] == 0.5 and meta["non_finite"] == 0
+
+
+def test_a_vocabulary_sized_head_is_refused_with_the_setting_to_change() -> None:
+    from stride_assets.engine.ekfac import tracked_modules
+
+    model, _ = _tiny_lm()
+    model.resize_token_embeddings(20_000)  # a real vocabulary: the tied head becomes 16 -> 20,000
+    with pytest.raises(StrideConfigError, match="include_head: false"):
+        tracked_modules(linearized(model))
+    assert "lm_head" not in tracked_modules(linearized(model), include_head=False)

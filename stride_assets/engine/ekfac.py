@@ -132,13 +132,27 @@ def linearized(model: nn.Module) -> nn.Module:
     return out
 
 
-def tracked_modules(model: nn.Module, include_head: bool = True) -> list[str]:
-    """Names of the ``nn.Linear`` layers Kronfluence will track (the output head last, unless excluded)."""
+MAX_FACTOR_SIDE = 16_384  # a tracked layer's larger covariance side: 16k x 16k float32 = 1 GiB per factor
+
+
+def tracked_modules(model: nn.Module, include_head: bool = True, strategy: str = "ekfac") -> list[str]:
+    """Names of the ``nn.Linear`` layers Kronfluence will track (the output head too, unless excluded).
+
+    EK-FAC keeps an (in x in) and an (out x out) covariance and their eigenvectors per layer: a layer
+    with a side above ``MAX_FACTOR_SIDE`` (an output head over a real vocabulary: 50,257 for GPT-2,
+    40 GB of factors) is refused with the setting to change, before any work."""
     head = getattr(model, "get_output_embeddings", lambda: None)()
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and (include_head or m is not head)]
-    if not names:
+    chosen = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and (include_head or m is not head)]
+    if not chosen:
         raise StrideConfigError(f"{type(model).__name__} has no nn.Linear layer for EK-FAC to track")
-    return names
+    for name, m in chosen if strategy in ("ekfac", "kfac") else ():
+        if max(m.in_features, m.out_features) > MAX_FACTOR_SIDE:
+            fix = "set attribution.include_head: false" if m is head else "use attribution.strategy: diagonal"
+            raise StrideConfigError(
+                f"EK-FAC on layer {name!r} ({m.in_features} -> {m.out_features}) needs covariances of side "
+                f"{max(m.in_features, m.out_features):,} (over {MAX_FACTOR_SIDE:,}: several GB each): {fix}")
+    return [name for name, _ in chosen]
 
 
 @dataclass
@@ -158,7 +172,7 @@ class Influence:
         if self.strategy not in STRATEGIES:
             raise StrideConfigError(f"influence strategy {self.strategy!r} not one of {STRATEGIES}")
         model = linearized(self.model)
-        self._task = _kronfluence_task(self.objective, tracked_modules(model, self.include_head))
+        self._task = _kronfluence_task(self.objective, tracked_modules(model, self.include_head, self.strategy))
         self._model = prepare_model(model, self._task)
 
     def _analyzer(self, workdir: Path):
