@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/results.py --work DIR [--only pydoc-gpt,digits-mlp] [--tables-only]
 
 Each benchmark runs ``stride bench NAME`` into ``WORK/NAME`` (retrains are cached there, and a
-rerun skips the methods its report already has on the same protocol: ``--resume``), then
+rerun skips the methods its report already has on the same protocol: ``--resume``; run it from the
+repository root), then
 ``benchmarks/stride_attempts.py`` into the same folder (same ground truth), and its report is
 copied to ``benchmarks/reports/NAME.json``. ``--tables-only`` only rewrites RESULTS.md from the
 reports in benchmarks/reports. From nothing, on 2 CPU cores, the whole set takes several hours
@@ -28,18 +29,20 @@ BENCHMARKS: dict[str, list[str]] = {
     "pydoc-gpt": ["--stride-seeds", "3", "--removal-methods",
                   "stride_logit_s0,kronfluence_ekfac,logra,tfidf,grad_dot,dattri_trak_1", "--removal-ks", "20"],
     "digits-mlp": ["--stride-seeds", "3"],
-    "breast-cancer-mlp": ["--stride-seeds", "3"],
-    "wine-mlp": ["--stride-seeds", "3"],
-    "numpy-docs-gpt": ["--removal-methods", "stride_logit,kronfluence_ekfac,logra,tfidf", "--removal-ks", "20"],
+    "breast-cancer-mlp": [],
+    "wine-mlp": [],
+    "numpy-docs-gpt": ["--methods", "stride_logit,stride,kronfluence_ekfac,kronfluence_kfac,logra,tfidf,grad_dot,repsim",
+                       "--removal-methods", "stride_logit,kronfluence_ekfac,logra,tfidf", "--removal-ks", "20"],
 }
-ATTEMPTS_ON = ("pydoc-gpt", "digits-mlp")  # where benchmarks/stride_attempts.py runs
+ATTEMPTS = {"pydoc-gpt": [], "digits-mlp": []}  # where benchmarks/stride_attempts.py runs: all attempts ...
+ATTEMPTS |= {name: ["--only", "attempt_ensemble"] for name in ("breast-cancer-mlp", "wine-mlp", "numpy-docs-gpt")}
 
 
 def commands(name: str, work: Path) -> list[list[str]]:
     out = [[*STRIDE, "bench", name, "--out", str(work / name), "--resume", "--leave-out", "--no-mlflow",
             *BENCHMARKS[name]]]
-    if name in ATTEMPTS_ON:
-        out.append([sys.executable, str(HERE / "stride_attempts.py"), name, "--out", str(work / name)])
+    if name in ATTEMPTS:
+        out.append([sys.executable, "benchmarks/stride_attempts.py", name, "--out", str(work / name), *ATTEMPTS[name]])
     return out
 
 
