@@ -197,7 +197,7 @@ def test_cli_bench_contamination_quick(tmp_path: Path, mlflow_uri: str, capsys) 
     printed = capsys.readouterr().out
     assert "| stride_logit |" in printed and "recall@10" in printed
     report = json.loads((out / "report.json").read_text())
-    methods = {"stride_logit", "repsim", "grad_dot", "tfidf"}
+    methods = {"stride_logit", "repsim", "grad_dot", "tfidf", "kronfluence_ekfac"}
     assert set(report) == methods | {"protocol", "base_model"}
     planted = pl.read_parquet(out / "planted.parquet")
     assert planted.columns == ["query_id", "example_id", "kind"]

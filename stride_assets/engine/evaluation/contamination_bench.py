@@ -12,7 +12,7 @@ Protocol (``run``)
 3. The base model is trained on it with the task's recipe (no retraining: the answer is known).
 4. Scores of the test queries: STRIDE in logit form (``suites.lm_stride``; lambda_ratio is the
    recovery default 0.2, the value the pydoc-gpt validation draw chose, since no retrains are
-   made here to choose it) and the registry's ``repsim``, ``grad_dot`` and ``tfidf`` with their
+   made here to choose it) and the registry's ``repsim``, ``grad_dot``, ``tfidf`` and ``kronfluence_ekfac`` with their
    default settings. TF-IDF matches words, so on copies it is a textual upper reference rather
    than a model-based attribution.
 5. ``planting.recall_at_k`` of the planted copies per method (overall and per kind), and
@@ -58,7 +58,7 @@ class Scenario:
     copies: int = 1  # copies per contaminated query (one: recall@1 can reach 1; the harder case)
     edit_rate: float = 0.1  # share of words edited in an "edited" copy
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    baselines: list[str] = field(default_factory=lambda: ["repsim", "grad_dot", "tfidf"])
+    baselines: list[str] = field(default_factory=lambda: ["repsim", "grad_dot", "tfidf", "kronfluence_ekfac"])
     audit_k: int = 10
     min_overlap: float = 0.3
     ngram: int = 5
