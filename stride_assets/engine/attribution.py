@@ -113,10 +113,10 @@ def attribute(cfg: StrideConfig, store: Store, batch: str) -> Attribution:
     return METHODS[cfg.attribution.method](cfg, store, batch)
 
 
-def fit_factors(cfg: StrideConfig, store: Store, into: Path) -> tuple[Path, int, float]:
-    """Kronfluence's factors on the whole training corpus, into folder ``into``: (folder, n, seconds)."""
+def fit_factors(cfg: StrideConfig, store: Store, into: Path) -> tuple[int, float]:
+    """Kronfluence's factors on the whole training corpus, into folder ``into``: (n, seconds)."""
     started = time.perf_counter()
     train = store.read_train(shards_mod.shard_names(cfg.corpus))
     model, tokenizer = store.load_base_model()
     influence_model(cfg, model).fit(corpus_tokens(cfg, tokenizer, train["text"].to_list()), into)
-    return into, train.height, time.perf_counter() - started
+    return train.height, time.perf_counter() - started

@@ -21,11 +21,25 @@ from typing import Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
 from stride_assets.engine.losses import sequence_nll, token_kl
 
 Batch = dict[str, torch.Tensor]
+
+
+class BatchRows(Dataset):
+    """A batch of tensors as a map-style dataset of rows (each a dict; the default collate stacks them back)."""
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return int(next(iter(self.batch.values())).shape[0])
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.batch.items()}
 
 _LAYER_PATHS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.layers")
 

@@ -38,9 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from stride_assets.engine.backbone import Batch
+from stride_assets.engine.backbone import Batch, BatchRows
 from stride_assets.engine.errors import StrideConfigError
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
@@ -97,20 +96,6 @@ def _kronfluence_task(objective: Objective, modules: list[str] | None):
             return _cropped(batch)["attention_mask"] if "attention_mask" in batch else None
 
     return _Task()
-
-
-class _Rows(Dataset):
-    """A batch of tensors as a dataset of rows (each row a dict; the default collate stacks them back)."""
-
-    def __init__(self, batch: Batch):
-        self.batch = batch
-        self.n = next(iter(batch.values())).shape[0]
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Batch:
-        return {k: v[i] for k, v in self.batch.items()}
 
 
 def linearized(model: nn.Module) -> nn.Module:
@@ -189,7 +174,7 @@ class Influence:
         into = Path(into)
         with tempfile.TemporaryDirectory(prefix="kronfluence_", dir=into.parent) as work, _quiet():
             self._analyzer(Path(work)).fit_all_factors(
-                factors_name=FACTORS_NAME, dataset=_Rows(train), per_device_batch_size=self.batch_size,
+                factors_name=FACTORS_NAME, dataset=BatchRows(train), per_device_batch_size=self.batch_size,
                 factor_args=FactorArguments(strategy=self.strategy), overwrite_output_dir=True)
             if into.exists():
                 shutil.rmtree(into)
@@ -209,8 +194,8 @@ class Influence:
             link.symlink_to(factors.resolve(), target_is_directory=True)
             analyzer = self._analyzer(Path(work))
             analyzer.compute_pairwise_scores(
-                scores_name="scores", factors_name=FACTORS_NAME, query_dataset=_Rows(queries),
-                train_dataset=_Rows(train), per_device_query_batch_size=self.query_batch_size,
+                scores_name="scores", factors_name=FACTORS_NAME, query_dataset=BatchRows(queries),
+                train_dataset=BatchRows(train), per_device_query_batch_size=self.query_batch_size,
                 per_device_train_batch_size=self.batch_size, score_args=ScoreArguments(damping_factor=damping),
                 overwrite_output_dir=True)
             return analyzer.load_pairwise_scores("scores")["all_modules"].double().cpu().numpy()

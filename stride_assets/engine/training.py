@@ -46,12 +46,17 @@ def member_epochs(steps: int, batch_size: int, n: int, d: int) -> float:
     return steps * batch_size / max(1, n * d)
 
 
+def steps_for_epochs(epochs: float, batch_size: int, n: int, d: int) -> int:
+    """Steps of ``batch_size`` pairs that make ``epochs`` passes over the n * d member pairs (at least 1)."""
+    return max(1, math.ceil(epochs * n * d / batch_size))
+
+
 def warn_if_undertrained(cfg: TrainConfig, n: int, d: int, log: Callable[[str], None]) -> float:
     """The epochs of member pairs ``cfg`` gives a design of n examples in d subsets each; a warning
     (log and ``warnings``) when they are under ``MIN_MEMBER_EPOCHS``."""
     epochs = member_epochs(cfg.steps, cfg.batch_size, n, d)
     if cfg.steps > 0 and epochs < MIN_MEMBER_EPOCHS:
-        need = math.ceil(MIN_MEMBER_EPOCHS * n * d / cfg.batch_size)
+        need = steps_for_epochs(MIN_MEMBER_EPOCHS, cfg.batch_size, n, d)
         msg = (f"operator training sees each member pair {epochs:.2f} times (training.steps {cfg.steps} x "
                f"training.batch_size {cfg.batch_size} / (n {n} x design.d {d})), under {MIN_MEMBER_EPOCHS:g}: "
                f"the operators will underfit. Raise training.steps to at least {need}; in the pipeline, "
@@ -176,7 +181,7 @@ def train_operators(
     """Train ``bank`` in place on the cached features of the n training examples."""
     torch.manual_seed(cfg.seed)
     sampler = PairSampler(design, cfg.seed)
-    warn_if_undertrained(cfg, design.n, len(sampler.subsets) // max(1, design.n), log)
+    warn_if_undertrained(cfg, design.n, design.d, log)
     lazy = cfg.optimizer == "lazy_adam"
     params = [p for p in bank.parameters() if p.requires_grad and not (lazy and p is bank.A)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -21,7 +21,6 @@ a ``track`` callback (the harness never imports MLflow).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.training import steps_for_epochs
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.evaluation import report
 from stride_assets.engine.evaluation.bench import MethodSpec, Protocol
@@ -69,7 +69,7 @@ def _fit_to(base: StrideConfig, n: int | None) -> StrideConfig:
         return base
     t, d = base.training, base.design.d
     K = min(base.design.K, max(d + 1, n * d // MIN_SUBSET_MEMBERS))
-    need = math.ceil(MIN_OPERATOR_EPOCHS * n * d / t.batch_size)
+    need = steps_for_epochs(MIN_OPERATOR_EPOCHS, t.batch_size, n, d)
     return base.with_(design={"K": K}, training={"steps": max(t.steps, need)})
 
 

@@ -22,7 +22,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None]) -> StageRes
     ac = cfg.attribution
     target = store.file("factors")
     with atomic_dir(target) as tmp:
-        _, n, seconds = attribution.fit_factors(cfg, store, tmp)
+        n, seconds = attribution.fit_factors(cfg, store, tmp)
     files = sorted(p for p in target.iterdir() if p.is_file())
     store.seal(*files)
     shards = shards_mod.shard_names(cfg.corpus)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import polars as pl
@@ -16,11 +15,12 @@ from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.result import StageResult, markdown_table
 from stride_assets.engine.store import Store
 from stride_assets.engine.stride import Stride
+from stride_assets.engine.training import steps_for_epochs
 
 
 def shard_training(tc: TrainConfig, n: int, d: int, shard: str) -> TrainConfig:
     """The shard's training settings: its own seed, and steps from ``epochs`` when that is set."""
-    steps = tc.steps if tc.epochs is None else max(1, math.ceil(tc.epochs * n * d / tc.batch_size))
+    steps = tc.steps if tc.epochs is None else steps_for_epochs(tc.epochs, tc.batch_size, n, d)
     return tc.model_copy(update={"steps": steps, "seed": shards_mod.derive_seed(tc.seed, shard)})
 
 

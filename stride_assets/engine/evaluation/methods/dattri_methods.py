@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from stride_assets.engine.backbone import Batch
-from stride_assets.engine.evaluation.methods.base import Clock, MethodResult, batch_len
+from stride_assets.engine.backbone import Batch, BatchRows
+from stride_assets.engine.evaluation.methods.base import Clock, MethodResult
 from stride_assets.engine.evaluation.task import Task, Trained
 
 INSTALL_HINT = "the dattri baselines need the optional dependency dattri: pip install dattri==0.3.0"
@@ -41,21 +41,8 @@ def _require_dattri() -> None:
         raise ImportError(INSTALL_HINT)
 
 
-class _Examples(Dataset):
-    """A Batch as a map-style dataset of single examples (dicts), for dattri's DataLoaders."""
-
-    def __init__(self, batch: Batch):
-        self.batch = batch
-
-    def __len__(self) -> int:
-        return batch_len(self.batch)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.batch.items()}
-
-
 def _loader(batch: Batch, batch_size: int) -> DataLoader:
-    return DataLoader(_Examples(batch), batch_size=batch_size, shuffle=False)
+    return DataLoader(BatchRows(batch), batch_size=batch_size, shuffle=False)
 
 
 def _margin_functions(task: Task, model: nn.Module) -> tuple[Callable, Callable]:
