@@ -14,6 +14,7 @@ STRIDE is ``StrideMethod`` (``stride.py``, over the engine's facade).
 | if_exact | exact influence function on the last linear layer | influence |
 | dattri_trak_1, dattri_trak_5 | dattri's TRAK (optional dependency) | dattri_methods |
 | kronfluence_ekfac, kronfluence_kfac, kronfluence_diagonal | Kronfluence's influence functions (damping chosen on validation) | kronfluence_methods |
+| bergson_ekfac, bergson_trackstar | Bergson's EK-FAC and TrackStar (optional dependency; LM tasks only; damping chosen on validation) | bergson_methods |
 | stride | STRIDE: sparse recovery from subset perturbations (``config=StrideConfig``) | stride |
 | ensemble | two methods standardised per query and blended (default STRIDE + EK-FAC) | ensemble |
 """
@@ -25,6 +26,9 @@ from typing import Any, Callable
 from torch import nn
 
 from stride_assets.engine.evaluation.methods.base import AttributionMethod, FunctionMethod, MethodResult
+from stride_assets.engine.evaluation.methods.bergson_methods import GRIDS as BERGSON_GRIDS
+from stride_assets.engine.evaluation.methods.bergson_methods import BergsonMethod, bergson_available
+from stride_assets.engine.evaluation.methods.bergson_methods import supports as bergson_supports
 from stride_assets.engine.evaluation.methods.dattri_methods import (
     dattri_available,
     dattri_lds,
@@ -74,12 +78,23 @@ def _kronfluence(strategy: str) -> Callable[..., AttributionMethod]:
     return make
 
 
+def _bergson(strategy: str) -> Callable[..., AttributionMethod]:
+    def make(**settings: Any) -> AttributionMethod:
+        return BergsonMethod(strategy, **settings)
+
+    return make
+
+
 PEERS: dict[str, Callable[..., AttributionMethod]] = {
     f"kronfluence_{strategy}": _kronfluence(strategy) for strategy in ("ekfac", "kfac", "diagonal")}
+# optional peers: listed by ``applicable`` only where installed and the task is supported
+OPTIONAL_PEERS: dict[str, Callable[..., AttributionMethod]] = {
+    f"bergson_{strategy}": _bergson(strategy) for strategy in ("ekfac", "trackstar")}
 
 METHODS: dict[str, Callable[..., AttributionMethod]] = {
     **{name: _function_method(fn) for name, fn in BASELINES.items()},
     **PEERS,
+    **OPTIONAL_PEERS,
     "stride": StrideMethod,
     "ensemble": EnsembleMethod,
 }
@@ -101,7 +116,9 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
       (it is measured on ``model``, else on ``task.new_model()`` where the task has one; without
       either it is left out);
     - dattri_trak_*: only when the optional dependency dattri is installed;
-    - the Kronfluence peers (``PEERS``, a dependency of stride) always, after the baselines.
+    - the Kronfluence peers (``PEERS``, a dependency of stride) always, after the baselines;
+    - the Bergson peers (``OPTIONAL_PEERS``) last, only when the optional dependency bergson is installed
+      and the task is a language model (Bergson runs Hugging Face causal LMs, not the classifiers' MLPs).
     TracIn needs a model trained with checkpoints; that is the caller's job, it is always listed.
     """
     if model is None and hasattr(task, "new_model"):
@@ -119,14 +136,17 @@ def applicable(task: Task, model: nn.Module | None = None) -> list[str]:
         if name.startswith("dattri_") and not dattri_available():
             continue
         names.append(name)
-    return names + list(PEERS)
+    optional = list(OPTIONAL_PEERS) if bergson_available() and bergson_supports(task) else []
+    return names + list(PEERS) + optional
 
 
 __all__ = [
     "METHODS",
     "BASELINES",
     "PEERS",
+    "OPTIONAL_PEERS",
     "KRONFLUENCE_DAMPING",
+    "BERGSON_GRIDS",
     "AttributionMethod",
     "FunctionMethod",
     "StrideMethod",
@@ -135,6 +155,7 @@ __all__ = [
     "MethodResult",
     "applicable",
     "dattri_available",
+    "bergson_available",
     "dattri_lds",
     "per_example_grads",
 ]
