@@ -9,6 +9,13 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
 
+Operator forms whose per-subset size does not grow with the vocabulary (issue 11), beside the suite's
+``stride_head`` and ``stride_logit_members``:
+
+- ``attempt_factored``: B(h) A_k U with A_k r x 256 and one shared, learned output basis U (256 x V);
+- ``attempt_members_background``: member columns plus one shared r x V matrix weighted per operator;
+- ``attempt_members_rank48``: member columns at rank 48 instead of 16.
+
     .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...]
 """
 
@@ -24,6 +31,13 @@ RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
 
 
+FORM_ATTEMPTS = {
+    "attempt_factored": {"output_rank": 256},
+    "attempt_members_background": {"columns": 1024, "background": True},
+    "attempt_members_rank48": {"columns": 1024, "rank": 48},
+}
+
+
 def attempts(stride_logit) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
     return [
@@ -32,6 +46,8 @@ def attempts(stride_logit) -> list[MethodSpec]:
                    grid=suites.LAMBDA_GRID, method="stride"),
         MethodSpec("attempt_ensemble", {"first": ("stride", {"config": stride_logit}),
                                         "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
+        *(MethodSpec(name, {"config": stride_logit.with_(operators=ops)}, grid=suites.LAMBDA_GRID, method="stride")
+          for name, ops in FORM_ATTEMPTS.items()),
     ]
 
 

@@ -52,7 +52,7 @@ MODELS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
 
 
 @pytest.mark.parametrize("arch", MODELS)
-@pytest.mark.parametrize("form", ["activation", "logit"])
+@pytest.mark.parametrize("form", ["activation", "logit", "head"])
 def test_zero_operator_reproduces_base_outputs_exactly(arch, form):
     model, batch = MODELS[arch](), batch_of()
     with torch.no_grad():
@@ -95,17 +95,63 @@ def test_default_layer_and_range_checks():
         make_site(model, "weights")
 
 
-@pytest.mark.parametrize("form", ["activation", "logit"])
-def test_first_order_matches_exact_for_small_shifts(form):
+BANKS = {"dense": {}, "columns": {"columns": 20}, "factored": {"output_rank": 5}}
+
+
+@pytest.mark.parametrize("form,bank_kind", [("activation", "dense"), ("logit", "dense"), ("head", "dense"),
+                                            ("logit", "columns"), ("logit", "factored")])
+def test_first_order_matches_exact_for_small_shifts(form, bank_kind):
     model, batch = gpt2(), batch_of(n=6)
     site = make_site(model, form)
-    bank = OperatorBank(10, site.in_dim, site.out_dim, rank=4, init_scale=1e-4, seed=1)
+    scale = 1e-3 if form == "head" else 1e-4  # same size of response (the loss differences float32 resolves)
+    bank = OperatorBank(10, site.in_dim, site.out_dim, rank=4, init_scale=scale, seed=1, **BANKS[bank_kind])
+    if bank_kind == "columns":
+        bank.set_columns(torch.stack([torch.randperm(VOCAB)[:20] for _ in range(10)]))
     bank.set_feature_stats(encode_all(site, batch), batch["attention_mask"])
     fo = responses(site, bank, batch, "first_order")
     ex = responses(site, bank, batch, "exact", operator_chunk=3)
     assert fo.shape == ex.shape == (6, 10)
     assert np.corrcoef(fo.ravel(), ex.ravel())[0, 1] > 0.999
     assert np.abs(fo - ex).max() < 0.02 * np.abs(ex).max()
+
+
+def test_head_form_operators_are_sized_by_the_model_not_the_vocabulary():
+    site = make_site(gpt2(), "head")
+    assert (site.in_dim, site.out_dim) == (32, 32)  # n_embd, whatever VOCAB is
+    assert make_site(gpt2(), "logit").out_dim == VOCAB
+
+
+def test_column_bank_equals_the_dense_bank_it_scatters_into():
+    K, C, r = 6, 10, 3
+    dense = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1)
+    sparse = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1, columns=4)
+    index = torch.stack([torch.randperm(C)[:4] for _ in range(K)])
+    index[2, 3] = C  # a padded slot: its weight is zeroed and never reaches an output
+    sparse.set_columns(index)
+    with torch.no_grad():
+        dense.A.zero_()
+        for k in range(K):
+            keep = index[k] < C
+            dense.A[k][:, index[k][keep]] = sparse.A[k][:, keep]
+    assert sparse.A[2, :, 3].abs().sum() == 0
+    feats, ops = torch.randn(4, 7, 5), torch.tensor([0, 2, 5, 1])
+    assert torch.allclose(dense.shift(feats, ops), sparse.shift(feats, ops))
+    projected = torch.randn(4, r, C)
+    assert torch.allclose(dense.contract(projected), sparse.contract(projected, chunk_elements=40), atol=1e-6)
+
+
+def test_member_columns_are_the_tokens_members_predict_most():
+    from stride_assets.engine.operators import member_columns
+
+    design = draw_design(12, 4, 1, seed=0)
+    targets = torch.arange(12).reshape(12, 1) % 7  # example i predicts token i mod 7
+    mask = torch.ones_like(targets)
+    index = member_columns(design.membership, targets, mask, 7, cap=7)
+    M = design.membership.toarray()
+    for k in range(4):
+        want = {int(t) for t in targets[M[k].astype(bool), 0]}
+        assert {int(c) for c in index[k] if c < 7} == want  # its members' tokens, padding after
+    assert member_columns(design.membership, targets, mask, 7, cap=1).shape == (4, 1)
 
 
 def test_operator_bank_save_load_round_trip(tmp_path):
@@ -129,7 +175,7 @@ def test_pair_sampler_members_and_non_members():
     assert not M[s2, e2].any()
 
 
-@pytest.mark.parametrize("form", ["activation", "logit"])
+@pytest.mark.parametrize("form", ["activation", "logit", "head"])
 def test_training_lowers_member_loss_more_than_non_member_loss(form):
     model = gpt2()
     batch = batch_of(n=48, T=12, seed=1)
@@ -196,3 +242,30 @@ def test_row_adam_matches_adam_on_touched_rows_and_leaves_the_others() -> None:
     lazy.step(torch.tensor([1, 4, 1]), 0.1)  # duplicates count once
     moved = (a.detach() != before).flatten(1).any(1)
     assert moved.tolist() == [False, True, False, False, True, False]
+
+
+def test_column_losses_equal_the_dense_losses_without_the_vocabulary():
+    """The vocabulary-free losses of a column bank (column_logits) equal the site's full-vocabulary ones."""
+    from stride_assets.engine.column_logits import ColumnLogits, applies
+    from stride_assets.engine.operators import member_columns
+    from stride_assets.engine.stride import targets
+    from stride_assets.engine.training import SiteLosses
+
+    model, batch = gpt2(), batch_of(n=16, T=12, seed=3)
+    design = draw_design(16, 5, 2, seed=0)
+    site = make_site(model, "logit")
+    feats = encode_all(site, batch)
+    index = member_columns(design.membership, *targets(batch), VOCAB, cap=12)  # the cap binds: some targets miss
+    bank = OperatorBank(design.K, site.in_dim, VOCAB, rank=3, init_scale=0.5, seed=0, columns=index.shape[1])
+    bank.set_columns(index).set_feature_stats(feats, batch["attention_mask"])
+    assert applies(site, bank) and not applies(make_site(model, "head"), bank)
+    fast, dense = ColumnLogits(site, bank, feats), SiteLosses(site, bank)
+    rows, ops = torch.tensor([0, 3, 3, 15, 7]), torch.tensor([1, 0, 4, 2, 2])
+    sub = {k: v[rows] for k, v in batch.items()}
+    for name in ("fidelity", "stability"):
+        want = getattr(dense, name)(feats[rows], sub, rows, ops)
+        got = getattr(fast, name)(feats[rows], sub, rows, ops)
+        assert want > 1e-3 and torch.allclose(got, want, rtol=1e-4, atol=1e-6), name
+        (g_fast,) = torch.autograd.grad(got, bank.A)
+        (g_dense,) = torch.autograd.grad(getattr(dense, name)(feats[rows], sub, rows, ops), bank.A)
+        assert torch.allclose(g_fast, g_dense, rtol=1e-3, atol=1e-6), name

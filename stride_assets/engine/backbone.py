@@ -6,7 +6,9 @@ A site has two halves:
   state, i.e. the input of the output head, for the logit form);
 - ``logits(feats, batch, shift)``: the model's output from those features, with an optional
   shift added at the attachment point (activation form: added to the residual stream at
-  layer ``l`` and run through the frozen layers above; logit form: added to the logits).
+  layer ``l`` and run through the frozen layers above; head form: added to the final hidden
+  state and run through the frozen output head, so an operator is r x d_model whatever the
+  vocabulary; logit form: added to the logits, r x V per operator).
 
 Operator training and measurement only ever call ``logits`` on cached features, so the frozen
 layers below the hook never run again. ``shift=None`` reproduces the base model exactly.
@@ -205,12 +207,35 @@ class LogitSite(_CausalLMSite):
         return out if shift is None else out + shift
 
 
+class HeadSite(LogitSite):
+    """Steer the head's input (the final hidden state): the shift flows through the frozen output head.
+
+    The same features as the logit form, but an operator is r x d_model: the logit form restricted
+    to the head's row space, sized by the model and not by its vocabulary.
+    """
+
+    form = "head"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.out_dim = self.in_dim
+
+    def logits(self, feats: torch.Tensor, batch: Batch, shift: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = feats if shift is None else feats + shift
+        return self.head(hidden.to(self.head.weight.dtype)).float()
+
+
+FORMS = ("head", "logit", "activation")
+
+
 def make_site(model: nn.Module, form: str, layer: int | None = None) -> Site:
     if form == "activation":
         return ActivationSite(model, layer)
+    if form == "head":
+        return HeadSite(model)
     if form == "logit":
         return LogitSite(model)
-    raise StrideConfigError(f"unknown operator form {form!r} (activation or logit)")
+    raise StrideConfigError(f"unknown operator form {form!r} ({', '.join(FORMS)})")
 
 
 def encode_all(site: Site, batch: Batch, batch_size: int = 64) -> torch.Tensor:

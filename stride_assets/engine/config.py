@@ -118,14 +118,23 @@ class DesignConfig(_Strict):
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
 
-    form: Literal["activation", "logit"] = Field(
-        "activation", description="activation (residual stream at `layer`) or logit"
+    form: Literal["head", "logit", "activation"] = Field(
+        "activation", description="head (the output head's input: r x d_model per operator), logit (the logits: "
+        "r x vocabulary per operator) or activation (residual stream at `layer`)"
     )
     layer: int | None = Field(None, description="decoder layer whose input is steered; None = round(2/3 depth)")
     rank: int = Field(16, ge=1)
     basis: Literal["linear", "mlp"] = "linear"
     mlp_hidden: int = Field(64, ge=1)
     init_scale: float = Field(1e-3, ge=0, description="std of the initial per-subset matrices")
+    columns: int | None = Field(
+        None, ge=1, description="logit form: each operator shifts only the `columns` tokens its members predict "
+        "most (K x r x columns instead of K x r x vocabulary); None = every token")
+    output_rank: int | None = Field(
+        None, ge=1, description="factored form: operator k shifts by B(h) A_k U with A_k r x output_rank and one "
+        "shared, learned output basis U (output_rank x C); None = A_k is r x C")
+    background: bool = Field(False, description="with columns: one shared r x C matrix weighted per operator "
+                             "(r weights each) for the outputs an operator does not keep")
 
 
 class TrainConfig(_Strict):
@@ -227,6 +236,18 @@ class AttributionConfig(_Strict):
     device: str = "auto"
 
 
+class BudgetConfig(_Strict):
+    """What the preflight lets a run use (``engine/budget.py`` predicts each stage's memory and disk
+    from the config and the model's shapes, prints it, and refuses a run over budget)."""
+
+    memory_gb: float | None = Field(
+        None, gt=0, description="peak memory of any one stage, GB; None: 80% of this machine's RAM (or of its "
+        "cgroup limit)")
+    disk_gb: float | None = Field(
+        None, gt=0, description="disk of all the run's artifacts, GB; None: free space on the store's filesystem")
+    enforce: bool = Field(True, description="false: print the estimate, never refuse")
+
+
 class StrideConfig(_Strict):
     """Everything one attribution run needs."""
 
@@ -242,6 +263,7 @@ class StrideConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     def with_(self, **sections: dict[str, Any]) -> "StrideConfig":
         """A copy with some fields of some sections replaced, e.g. ``with_(design={"K": 128})``."""

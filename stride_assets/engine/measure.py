@@ -37,7 +37,7 @@ def first_order(
         (grad,) = torch.autograd.grad(loss.sum(), shift0)
     with torch.set_grad_enabled(differentiable):
         projected = torch.einsum("ntr,ntc->nrc", bank.codes(feats), grad)
-        return -torch.einsum("nrc,krc->nk", projected, bank.A)
+        return -bank.contract(projected)
 
 
 @torch.no_grad()

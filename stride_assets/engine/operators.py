@@ -3,6 +3,11 @@
 Operator k shifts the model at its site by ``B(h) @ A[k]`` per token. B is linear by default
 (an MLP optionally) and reads standardised features (the feature mean/std of the training
 cache are fixed buffers). A zero bank reproduces the base model exactly.
+
+With ``columns=m`` an operator keeps only m of the C outputs (``column_index[k]``, set by
+``set_columns``; unused slots hold C and stay zero): in the logit form, the m tokens its members
+predict most (``member_columns``), so A is K x r x m and grows with the subsets' text, not with
+the vocabulary.
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ class OperatorBank(nn.Module):
         mlp_hidden: int = 64,
         init_scale: float = 1e-3,
         seed: int = 0,
+        columns: int | None = None,
+        output_rank: int | None = None,
+        background: bool = False,
     ):
         super().__init__()
+        if columns is not None and output_rank is not None:
+            raise ValueError("columns and output_rank exclude each other")
+        if columns is not None and not 1 <= columns <= out_dim:
+            raise ValueError(f"columns={columns} out of range 1..{out_dim}")
         self.spec: dict[str, Any] = dict(
-            K=K, in_dim=in_dim, out_dim=out_dim, rank=rank, basis=basis, mlp_hidden=mlp_hidden
+            K=K, in_dim=in_dim, out_dim=out_dim, rank=rank, basis=basis, mlp_hidden=mlp_hidden, columns=columns,
+            output_rank=output_rank, background=background,
         )
         gen = torch.Generator().manual_seed(seed)
         if basis == "linear":
@@ -45,7 +58,15 @@ class OperatorBank(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
                 else:
                     p.zero_()
-        self.A = nn.Parameter(torch.randn(K, rank, out_dim, generator=gen) * init_scale)
+        self.A = nn.Parameter(torch.randn(K, rank, columns or output_rank or out_dim, generator=gen) * init_scale)
+        # a shared output basis U (s x C), learned with B: operator k shifts by B(h) A_k U
+        self.U = (nn.Parameter(torch.randn(output_rank, out_dim, generator=gen) / output_rank**0.5)
+                  if output_rank else None)
+        # with columns: one shared r x C matrix G for every output, weighted per operator (a_k, r): the
+        # context-dependent push every operator gives the outputs it does not keep
+        self.G = nn.Parameter(torch.zeros(rank, out_dim)) if background else None
+        self.a = nn.Parameter(torch.ones(K, rank)) if background else None
+        self.register_buffer("column_index", torch.full((K, columns or 0), out_dim, dtype=torch.long))
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))
 
@@ -65,13 +86,57 @@ class OperatorBank(nn.Module):
         """(N, T, in_dim) -> (N, T, r)."""
         return self.basis((feats - self.feat_mean) / self.feat_std)
 
+    @property
+    def sparse(self) -> bool:
+        return self.spec["columns"] is not None
+
+    def set_columns(self, index: torch.Tensor) -> "OperatorBank":
+        """Operator k's outputs: ``index[k]`` (K x m, padded with C); slots padded get zero weights."""
+        if index.shape != self.column_index.shape:
+            raise ValueError(f"column index of shape {tuple(index.shape)}, expected {tuple(self.column_index.shape)}")
+        with torch.no_grad():
+            self.column_index.copy_(index)
+            self.A.masked_fill_((index == self.spec["out_dim"]).unsqueeze(1), 0.0)
+        return self
+
     def shift(self, feats: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Shift of operator ``ops[i]`` on row i: (N, T, in_dim), (N,) -> (N, T, C)."""
-        return torch.bmm(self.codes(feats), self.A[ops])
+        small = torch.bmm(self.codes(feats), self.A[ops])
+        if self.U is not None:
+            return small @ self.U
+        if not self.sparse:
+            return small
+        N, T, m = small.shape
+        index = self.column_index[ops].unsqueeze(1).expand(N, T, m)
+        full = small.new_zeros(N, T, self.spec["out_dim"] + 1).scatter_add(-1, index, small)[..., :-1]
+        if self.G is not None:
+            full = full + (self.codes(feats) * self.a[ops].unsqueeze(1)) @ self.G
+        return full
+
+    def contract(self, projected: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+        """sum_{r,c} projected[n, r, c] * A_k[r, c] for every operator: (N, r, C) -> (N, K)."""
+        if self.U is not None:
+            return torch.einsum("nrs,krs->nk", projected @ self.U.T, self.A)
+        if not self.sparse:
+            return torch.einsum("nrc,krc->nk", projected, self.A)
+        padded = torch.cat([projected, projected.new_zeros(*projected.shape[:2], 1)], dim=-1)
+        N, r, m = projected.shape[0], projected.shape[1], self.A.shape[-1]
+        step = max(1, chunk_elements // max(1, N * r * m))
+        out = []
+        for start in range(0, self.K, step):
+            index = self.column_index[start:start + step]  # (k, m)
+            picked = padded[:, :, index]  # (N, r, k, m)
+            out.append(torch.einsum("nrkm,krm->nk", picked, self.A[start:start + step]))
+        sparse = torch.cat(out, dim=1)
+        if self.G is None:
+            return sparse
+        return sparse + (projected * self.G).sum(-1) @ self.a.T
 
     def zero_(self) -> "OperatorBank":
         with torch.no_grad():
             self.A.zero_()
+            if self.G is not None:
+                self.G.zero_()
         return self
 
     def save(self, path: Path) -> Path:
@@ -90,6 +155,24 @@ class OperatorBank(nn.Module):
         bank = cls(**read_json(path.with_suffix(".json")))
         bank.load_state_dict(load_tensors(path))
         return bank.eval()
+
+
+def member_columns(membership, targets: torch.Tensor, mask: torch.Tensor, out_dim: int, cap: int) -> torch.Tensor:
+    """Per subset, the (at most ``cap``) outputs its members' targets hit most often: K x m, padded with ``out_dim``.
+
+    ``targets`` (n, T) are each example's target ids (next tokens; class labels with T = 1) where
+    ``mask`` is 1. m is the largest count any subset needs, at most ``cap``.
+    """
+    targets, mask = targets.cpu(), mask.cpu().bool()
+    counts = []
+    for k in range(membership.shape[0]):
+        members = torch.as_tensor(membership.indices[membership.indptr[k]:membership.indptr[k + 1]], dtype=torch.long)
+        hit = targets[members][mask[members]]
+        counts.append(torch.bincount(hit, minlength=out_dim))
+    counts = torch.stack(counts)  # (K, C)
+    m = max(1, min(cap, int((counts > 0).sum(1).max())))
+    top = counts.topk(m, dim=1)
+    return torch.where(top.values > 0, top.indices, torch.full_like(top.indices, out_dim))
 
 
 def top_direction_energy(bank: OperatorBank) -> float:

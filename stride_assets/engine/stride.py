@@ -32,8 +32,9 @@ import torch
 from stride_assets.engine.backbone import Batch, Site, encode_all, take
 from stride_assets.engine.config import StrideConfig, TrainConfig
 from stride_assets.engine.design import SubsetDesign
+from stride_assets.engine.errors import StrideConfigError
 from stride_assets.engine.measure import responses
-from stride_assets.engine.operators import OperatorBank, top_direction_energy
+from stride_assets.engine.operators import OperatorBank, member_columns, top_direction_energy
 from stride_assets.engine.recovery import Recovery, recover
 from stride_assets.engine.training import TrainLog, train_operators
 
@@ -49,6 +50,26 @@ def accumulate(seconds: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         seconds[key] += time.perf_counter() - start
+
+
+MAX_DENSE_OUTPUTS = 16_384  # a dense logit-form operator over more outputs than this is refused
+
+
+def check_dense_size(site: Site, oc) -> None:
+    """The vocabulary-sized form (an r x V matrix per operator) only below ``MAX_DENSE_OUTPUTS`` outputs."""
+    if site.form == "logit" and oc.output_rank is None and site.out_dim > MAX_DENSE_OUTPUTS:
+        raise StrideConfigError(
+            f"operators.form: logit without operators.columns makes every operator {oc.rank} x {site.out_dim} (the "
+            f"vocabulary), over the {MAX_DENSE_OUTPUTS:,} outputs allowed: set operators.columns (e.g. 1024: each "
+            "operator on the tokens its members predict) or operators.form: head")
+
+
+def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's target outputs and their mask: next tokens of an LM batch, the label of a classifier's."""
+    if "input_ids" in batch:
+        return batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
+    y = batch["y"].reshape(-1, 1)
+    return y, torch.ones_like(y)
 
 
 @dataclass
@@ -76,16 +97,30 @@ class Stride:
         with self.phase("cache"):
             return encode_all(self.site, batch)
 
-    def new_bank(self, K: int) -> OperatorBank:
+    def columns(self) -> int | None:
+        """Outputs each operator keeps: ``operators.columns`` in the logit form (at most C), else all (None)."""
+        oc = self.cfg.operators
+        return min(oc.columns, self.site.out_dim) if oc.columns and self.site.form == "logit" else None
+
+    def new_bank(self, K: int, columns: int | None = None) -> OperatorBank:
         oc = self.cfg.operators
         return OperatorBank(K, self.site.in_dim, self.site.out_dim, oc.rank, oc.basis, oc.mlp_hidden, oc.init_scale,
-                            self.training.seed)
+                            self.training.seed, columns, oc.output_rank, oc.background and columns is not None)
+
+    def _bank_for(self, design: SubsetDesign, batch: Batch) -> OperatorBank:
+        """A new bank for ``design``; with columns, each operator on the tokens its members predict most."""
+        cap = self.columns()
+        if cap is None:
+            check_dense_size(self.site, self.cfg.operators)
+            return self.new_bank(design.K)
+        index = member_columns(design.membership, *targets(batch), self.site.out_dim, cap)
+        return self.new_bank(design.K, index.shape[1]).set_columns(index)
 
     def fit_operators(self, feats: torch.Tensor, batch: Batch, design: SubsetDesign,
                       log: Callable[[str], None] = print) -> tuple[OperatorBank, TrainLog]:
         """Phase 2: one operator per subset of ``design`` (shared basis + per-subset matrices)."""
         with self.phase("fit"):
-            bank = self.new_bank(design.K).to(feats.device)
+            bank = self._bank_for(design, batch).to(feats.device)
             bank.set_feature_stats(feats, batch.get("attention_mask"))
             trainlog = train_operators(self.site, bank, feats, batch, design, self.training, log)
         return bank, trainlog

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from stride_assets.engine import column_logits
 from stride_assets.engine.backbone import Batch, Site, take
 from stride_assets.engine.config import TrainConfig
 from stride_assets.engine.design import SubsetDesign
@@ -159,14 +160,25 @@ def linearity_projector(design: SubsetDesign, sketch: int, ridge: float, seed: i
     return torch.as_tensor(P, dtype=torch.float32)
 
 
-def _steered_loss(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ops: torch.Tensor) -> torch.Tensor:
-    return site.example_loss(site.logits(feats, batch, bank.shift(feats, ops)), batch).mean()
+class SiteLosses:
+    """Fidelity and stability of ``bank`` from the site's full outputs (any form; ``column_logits`` is the
+    vocabulary-free twin for column banks on the logit site). ``rows`` (the examples' positions in the
+    training cache) is unused here."""
 
+    def __init__(self, site: Site, bank: OperatorBank):
+        self.site, self.bank = site, bank
 
-def _stability(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ops: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        base = site.logits(feats, batch)
-    return site.kl(base, site.logits(feats, batch, bank.shift(feats, ops)), batch)
+    def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """Mean over the pairs of the members' steered losses."""
+        site = self.site
+        return site.example_loss(site.logits(feats, batch, self.bank.shift(feats, ops)), batch).mean()
+
+    def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """KL(base || steered) on the non-member pairs."""
+        site = self.site
+        with torch.no_grad():
+            base = site.logits(feats, batch)
+        return site.kl(base, site.logits(feats, batch, self.bank.shift(feats, ops)), batch)
 
 
 def train_operators(
@@ -192,6 +204,8 @@ def train_operators(
         if cfg.linearity_weight > 0
         else None
     )
+    losses = (column_logits.ColumnLogits(site, bank, feats) if column_logits.applies(site, bank)
+              else SiteLosses(site, bank))
     out = TrainLog()
     start = time.perf_counter()
     bank.train()
@@ -199,11 +213,11 @@ def train_operators(
         terms: dict[str, torch.Tensor] = {}
         k, i = (torch.as_tensor(a) for a in sampler.members(cfg.batch_size))
         touched = [k]
-        terms["fidelity"] = _steered_loss(site, bank, feats[i], take(batch, i), k)
+        terms["fidelity"] = losses.fidelity(feats[i], take(batch, i), i, k)
         if cfg.stability_weight > 0:
             k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.batch_size))
             touched.append(k2)
-            terms["stability"] = _stability(site, bank, feats[j], take(batch, j), k2)
+            terms["stability"] = losses.stability(feats[j], take(batch, j), j, k2)
         if projector is not None:
             probe = torch.as_tensor(sampler.rng.integers(0, design.n, cfg.linearity_batch))
             y = first_order(site, bank, feats[probe], take(batch, probe), differentiable=True)  # (B, K)

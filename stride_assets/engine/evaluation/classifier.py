@@ -33,7 +33,7 @@ from stride_assets.engine.errors import StrideConfigError, StrideInputError
 from stride_assets.engine.evaluation.task import Trained
 
 SPLITS = ("val", "test")
-FORMS = ("logit", "activation", "input")
+FORMS = ("head", "logit", "activation", "input")
 # Float elements of batched-training activations allowed per chunk of models (~256 MiB).
 _CHUNK_ELEMENTS = 1 << 26
 
@@ -100,7 +100,7 @@ class ClassifierSite:
     """STRIDE's attachment point on an ``MLP`` (T = 1); a frozen private copy of the model.
 
     - "logit": feats = hidden activations (N, 1, H); logits = out(feats) + shift, C = classes;
-    - "activation": feats = hidden activations; logits = out(feats + shift), C = H;
+    - "activation" (= "head": the output layer's input): feats = hidden activations; logits = out(feats + shift), C = H;
     - "input": feats = inputs (N, 1, F); logits = MLP(feats + shift), C = F.
     """
 
@@ -112,7 +112,7 @@ class ClassifierSite:
         n_features, hidden = self.model.hidden.in_features, self.model.hidden.out_features
         n_classes = self.model.out.out_features
         self.in_dim = n_features if form == "input" else hidden
-        self.out_dim = {"logit": n_classes, "activation": hidden, "input": n_features}[form]
+        self.out_dim = {"logit": n_classes, "activation": hidden, "head": hidden, "input": n_features}[form]
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:
@@ -124,7 +124,7 @@ class ClassifierSite:
         s = None if shift is None else shift[:, 0]
         if self.form == "input":
             return self.model(h if s is None else h + s).unsqueeze(1)
-        if self.form == "activation":
+        if self.form in ("activation", "head"):
             return self.model.out(h if s is None else h + s).unsqueeze(1)
         out = self.model.out(h)
         return (out if s is None else out + s).unsqueeze(1)

@@ -54,9 +54,10 @@ class Suite:
 
 def baseline_specs(task: Task, model_probe=None) -> list[MethodSpec]:
     """Every applicable baseline, with the settings it may choose on validation."""
-    from stride_assets.engine.evaluation.methods import KRONFLUENCE_DAMPING, PEERS, applicable
+    from stride_assets.engine.evaluation.methods import BERGSON_GRIDS, KRONFLUENCE_DAMPING, PEERS, applicable
 
     grids = {"logra": LOGRA_DAMPING_GRID, "if_exact": DAMPING_GRID, **{name: KRONFLUENCE_DAMPING for name in PEERS},
+             **BERGSON_GRIDS,  # Bergson's damping factor (and TrackStar's unit normalisation)
              "tfidf": [{"on": "words"}, {"on": "token_ids"}] if hasattr(task, "token_ids") else [{"on": "words"}]}
     return [MethodSpec(name, grid=grids.get(name, [{}])) for name in applicable(task, model_probe)]
 
@@ -89,14 +90,18 @@ def classifier_stride(quick: bool, n: int | None = None) -> dict[str, StrideConf
 
 
 def lm_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
-    """STRIDE on a small GPT-2 (``n`` training passages): activation form at the default layer, and the logit form."""
+    """STRIDE on a small GPT-2 (``n`` training passages): activation form at the default layer, the logit form,
+    the head form (the head's input: operators of r x d_model instead of r x vocabulary) and the logit form
+    on each operator's member tokens (``operators.columns``: r x at most 1,024)."""
     base = _fit_to(StrideConfig().with_(
         design={"K": 64 if quick else 256, "d": 4 if quick else 8},
         operators={"form": "activation", "rank": 16},
         training={"steps": 100 if quick else 1000, "batch_size": 32},
         recovery={"n_jobs": -1},
     ), n)
-    return {"stride": base, "stride_logit": base.with_(operators={"form": "logit"})}
+    return {"stride": base, "stride_logit": base.with_(operators={"form": "logit"}),
+            "stride_head": base.with_(operators={"form": "head"}),
+            "stride_logit_members": base.with_(operators={"form": "logit", "columns": 1024})}
 
 
 def _specs(task: Task, stride: dict[str, StrideConfig], stride_seeds: int) -> list[MethodSpec]:

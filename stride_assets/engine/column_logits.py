@@ -1,0 +1,87 @@
+"""Operator training on the logit site without touching the vocabulary: a column bank's losses from
+m gathered logits per token instead of all V.
+
+An operator of a column bank (``OperatorBank(columns=m)``) shifts only the logits of its m columns
+c, by s_c. With the base model's log-normaliser ``lse`` of each token cached once, the steered one
+follows from those columns alone:
+
+    lse_steered - lse = log(1 + sum_c p_c (exp(s_c) - 1)) = delta,      p_c = exp(base_c - lse)
+    NLL(target y)     = lse - base_y - s_y + delta                      (s_y = 0 if y is not a column)
+    KL(base||steered) = delta - sum_c p_c s_c
+
+so a training step costs T x m x d_model per pair where the dense logit form costs T x V x d_model
+(m is a few hundred to a few thousand; V is 50,257 for GPT-2 and 151,936 for Qwen2.5). The
+values equal the dense form's (``sequence_nll`` and ``token_kl`` on ``base + shift``) up to
+rounding; ``tests/test_operators.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stride_assets.engine.backbone import Batch, LogitSite, Site
+from stride_assets.engine.losses import shift_targets
+from stride_assets.engine.operators import OperatorBank
+
+
+def applies(site: Site, bank: OperatorBank) -> bool:
+    """The column path serves a column bank (without the dense background) on the LM logit site."""
+    return isinstance(site, LogitSite) and site.form == "logit" and bank.sparse and bank.G is None
+
+
+@torch.no_grad()
+def base_lse(site: LogitSite, feats: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """The base model's log-normaliser of every token, (n, T): one pass of the head, ``chunk`` rows at a time."""
+    return torch.cat([torch.logsumexp(site.logits(feats[s:s + chunk], {}), dim=-1)
+                      for s in range(0, feats.shape[0], chunk)])
+
+
+class ColumnLogits:
+    """Losses of column bank ``bank`` on ``site`` from cached features (``feats``: the training cache, whose
+    ``lse`` is computed once here; ``rows`` index into it). The interface of ``training.SiteLosses``."""
+
+    def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor):
+        self.bank = bank
+        head = site.head
+        self.weight = head.weight.float()  # (V, d)
+        self.bias = None if getattr(head, "bias", None) is None else head.bias.float()
+        self.V = self.weight.shape[0]
+        self.lse = base_lse(site, feats)
+
+    def _logits_at(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Base logits (N, T, m) at per-row columns ``index`` (N, m); padded columns (= V) give 0."""
+        w = torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])[index]  # (N, m, d)
+        out = torch.einsum("ntd,nmd->ntm", feats.float(), w)
+        if self.bias is not None:
+            out = out + torch.cat([self.bias, self.bias.new_zeros(1)])[index].unsqueeze(1)
+        return out
+
+    def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):
+        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), the index."""
+        bank = self.bank
+        index = bank.column_index[ops]  # (N, m)
+        s = torch.bmm(bank.codes(feats), bank.A[ops])  # (N, T, m)
+        lse = self.lse[rows][:, :feats.shape[1]].unsqueeze(-1)
+        p = torch.exp(self._logits_at(feats, index) - lse) * (index < self.V).unsqueeze(1)
+        delta = torch.log1p((p * torch.expm1(s)).sum(-1).clamp_min(-1 + 1e-6))
+        return delta, s, p, index
+
+    def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
+        delta, s, _, index = self._parts(feats[:, :-1], rows, ops)
+        targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"])
+        w_y = self.weight[targets]  # (N, T-1, d)
+        base_y = (feats[:, :-1].float() * w_y).sum(-1)
+        if self.bias is not None:
+            base_y = base_y + self.bias[targets]
+        hit = targets.unsqueeze(-1) == index.unsqueeze(1)  # (N, T-1, m)
+        s_y = (s * hit).sum(-1)
+        nll = (self.lse[rows][:, :-1] - base_y - s_y + delta) * weights
+        return (nll.sum(-1) / weights.sum(-1).clamp_min(1.0)).mean()
+
+    def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
+        delta, s, p, _ = self._parts(feats, rows, ops)
+        kl = delta - (p * s).sum(-1)
+        mask = batch["attention_mask"].to(kl.dtype)
+        return (kl * mask).sum() / mask.sum().clamp_min(1.0)
