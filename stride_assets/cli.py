@@ -50,6 +50,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return commands.bench(args.name, args.out, options, mlflow=not args.no_mlflow)
 
 
+def cmd_make_model(args: argparse.Namespace) -> int:
+    return commands.make_model(args.name, args.out, layers=args.layers, train_steps=args.train_steps, seed=args.seed)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     return commands.dagster_ui(args.port)
 
@@ -124,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "passages, 5%% of the queries each, beside 5%% exact copies)")
     b.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     b.set_defaults(func=cmd_bench)
+
+    mk = sub.add_parser("make-model", help="build a real architecture (random or briefly trained weights) into a "
+                        "folder for model.path")
+    mk.add_argument("name", metavar="NAME", help="gpt2-124m or qwen2.5-0.5b (engine.architectures.ARCHITECTURES)")
+    mk.add_argument("--out", required=True, metavar="DIR", help="folder to write (save_pretrained: model + tokenizer)")
+    mk.add_argument("--layers", type=int, help="decoder layers (default: the published depth)")
+    mk.add_argument("--train-steps", type=int, default=0, help="AdamW steps on the profile's corpus (default: 0, "
+                    "random init)")
+    mk.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
+    mk.add_argument("--profile", help="profile whose corpus trains the tokenizer (default: default)")
+    mk.set_defaults(func=cmd_make_model)
 
     ui = sub.add_parser("ui", help=f"the Dagster UI (dagster dev) on http://{HOST}:{DAGSTER_PORT}")
     ui.add_argument("--port", type=int, default=DAGSTER_PORT)

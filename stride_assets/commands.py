@@ -90,7 +90,9 @@ def run(only_changed: bool = False) -> int:
     cfg = build_resources()["stride"].config()  # a bad profile or override fails here, before any run starts
     store_root = storage_root()
     say(f"stride run: profile {os.environ.get('STRIDE_PROFILE', 'default')!r}, store {store_root}")
-    sizes = preflight(cfg)  # and bad shards (K too large, duplicate ids, ...) before the model trains
+    # bad shards (K too large, duplicate ids, ...) and a run over the memory/disk budget fail here, before the
+    # model trains; the predicted memory and disk of every stage are printed first
+    sizes = preflight(cfg, store_root=store_root, log=say)
     say(f"corpus: {len(sizes)} shard(s), {sum(sizes.values())} training examples")
     say(f"Dagster instance: {home}")
     from stride_assets.orchestration import fail_dead_runs, run_pipeline
@@ -168,6 +170,23 @@ def bench(name: str, out: str | Path, options: BenchOptions, mlflow: bool = True
     warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
     run_bench(name, Path(out).expanduser().resolve(), options, log=say,
               track=mlflow_tracker(tracking_uri()) if mlflow else None)
+    return 0
+
+
+def make_model(name: str, out: str | Path, layers: int | None = None, train_steps: int = 0, seed: int = 0) -> int:
+    """``stride make-model NAME``: a real architecture (``engine.architectures``) with weights made here, its
+    tokenizer learned on the profile's corpus, saved into OUT for ``model.path``."""
+    from stride_assets.engine import architectures
+    from stride_assets.engine.config import load_config
+    from stride_assets.engine.corpus import load_passages
+    from stride_assets.resources import profile_from_env
+
+    cfg = load_config(profile_from_env())
+    texts = load_passages(cfg.corpus)["text"].to_list()
+    say(f"{name}: {architectures.param_count(name, layers):,} parameters; tokenizer on {len(texts)} passages")
+    path = architectures.build(name, Path(out).expanduser().resolve(), texts, layers=layers, seed=seed,
+                               train_steps=train_steps, max_length=cfg.model.max_length, log=say)
+    say(f"wrote {path}: set model.path to it (operators.form: head keeps operators r x d_model)")
     return 0
 
 

@@ -1,10 +1,16 @@
 """Cheap checks of a whole configuration before any expensive stage: shard sizes against the
-design, example ids unique across shards, shard names that stay inside the store, the model path.
+design, example ids unique across shards, shard names that stay inside the store, the model path,
+and the memory and disk every stage will need against the budget (``budget.py``: predicted from the
+config and the model's shapes, shown through ``log``, a run over budget refused).
 ``stride run`` calls ``preflight`` before its first run; ``training_corpus`` checks its own shard
 with ``check_shard`` (so a shard added later is checked too)."""
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
+from stride_assets.engine import budget as budget_mod
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm
 from stride_assets.engine import shards as shards_mod
@@ -34,10 +40,14 @@ def check_ids_against_store(store, shard: str, ids: list[str], shards: list[str]
                                        "(check corpus.id_column)")
 
 
-def preflight(cfg: StrideConfig) -> dict[str, int]:
-    """Check every shard of the corpus and the model path; returns {shard: training examples}."""
+def preflight(cfg: StrideConfig, store_root: str | os.PathLike[str] | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Check every shard of the corpus, the model path and the memory/disk budget (the estimate table
+    goes to ``log``; the disk budget defaults to the free space at ``store_root``, unchecked without
+    it); returns {shard: training examples}."""
     lm.check_model_path(cfg.model.path, cfg.model.tokenizer_path)
     sizes: dict[str, int] = {}
+    held_out = 0
     owner: dict[str, str] = {}
     for shard, passages in shards_mod.load_shards(cfg.corpus).items():
         for eid in passages["example_id"].to_list():
@@ -48,6 +58,8 @@ def preflight(cfg: StrideConfig) -> dict[str, int]:
         train, _ = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
         check_shard(cfg, shard, train.height)
         sizes[shard] = train.height
+        held_out += passages.height - train.height
     if not sizes:
         raise StrideInputError("no shards: the corpus is empty (add data, or check corpus.paths)")
+    budget_mod.preflight_budget(cfg, sizes, held_out, store_root, log)
     return sizes
