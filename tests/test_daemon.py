@@ -2,9 +2,12 @@
 with the micro settings and a folder of shard files, `stride run` attributes the corpus, then the
 daemon runs the code location's own sensors. Dropping a shard file and editing one each lead to
 exactly the runs that change needs (the shard's operators, its measurement block, the batch's
-recovery, one curation), and the curated dataset changes once per change.
+recovery, one curation), and the curated dataset changes once per change. With
+``attribution.method: ekfac`` a dropped shard refits the (unpartitioned) influence factors on every
+shard, then re-scores the query batch and curates once.
 
-Slow (each run is a subprocess that loads the code location): about 4-6 minutes on 2 cores.
+Slow (each run is a subprocess that loads the code location): about 4-6 minutes on 2 cores for the
+STRIDE test, about 4 for the EK-FAC one (one change only).
 """
 
 import json
@@ -13,6 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +28,7 @@ import yaml
 
 from stride_assets.engine.config import CorpusConfig
 from stride_assets.engine.corpus import load_passages
+from stride_assets.engine.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 PHASE_TIMEOUT = 480  # seconds for one change to be curated
@@ -72,8 +79,17 @@ def _expected(shard: str) -> list[tuple[frozenset[str] | str, str | None]]:
             (CURATION, None)]
 
 
-def test_daemon_attributes_a_dropped_and_an_edited_shard(tmp_path: Path, mlflow_uri: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Corpus:
+    """The shard folder, the store and the passages the shards are cut from."""
+    passages: pl.DataFrame
+    data: Path
+    store: Path
+
+
+def _attributed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **sections: dict) -> Corpus:
+    """Shards a and b (80 passages each) as files, the micro profile on that folder (``sections``
+    override profile sections), the environment the daemon reads, and a finished `stride run`."""
     passages = load_passages(CorpusConfig(chunk_chars=300, max_examples=200)).select("text")
     data, store, home = tmp_path / "shards", tmp_path / "store", tmp_path / "home"
     data.mkdir()
@@ -82,15 +98,22 @@ def test_daemon_attributes_a_dropped_and_an_edited_shard(tmp_path: Path, mlflow_
     passages[80:160].write_parquet(data / "b.parquet")
     profile = yaml.safe_load((REPO / "resources" / "profiles" / "micro.yaml").read_text())
     profile["corpus"].update(source="files", paths=[str(data)], max_examples=None)
+    profile.update(sections)
     (tmp_path / "files.yaml").write_text(yaml.safe_dump(profile))
     shutil.copyfile(REPO / "resources" / "dagster.yaml", home / "dagster.yaml")
     for key, value in {"DAGSTER_HOME": str(home), "STRIDE_PROFILE": str(tmp_path / "files.yaml"),
                        "STRIDE_HOME": str(store), "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
-
     first = subprocess.run([sys.executable, "-m", "stride_assets.cli", "run"], cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return Corpus(passages, data, store)
+
+
+@contextmanager
+def _daemon(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, Path]]:
+    """The real ``dagster-daemon`` on the workspace, and the instance; asserts that its first ticks on
+    the unchanged corpus start nothing."""
     log = tmp_path / "daemon.log"
     daemon_bin = Path(sys.executable).with_name("dagster-daemon")
     with log.open("w") as out:
@@ -101,26 +124,65 @@ def test_daemon_attributes_a_dropped_and_an_edited_shard(tmp_path: Path, mlflow_
             known = len(instance.get_runs())
             time.sleep(SETTLE)  # the daemon's first ticks on an unchanged corpus start nothing
             assert len(instance.get_runs()) == known, [_what(r) for r in _runs(instance)[known:]]
-
-            seconds = {}
-            for change, shard in (("drop", "c"), ("edit", "b")):
-                before = _version(store)
-                if change == "drop":
-                    passages[160:180].write_parquet(data / "c.parquet")
-                else:
-                    passages[100:180].write_parquet(data / "b.parquet")
-                seconds[change] = _await_change(instance, store, before, log)
-                new = _runs(instance)[known:]
-                known += len(new)
-                assert [_what(r) for r in new] == _expected(shard), change
-                assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in new), change
-            scores = pl.read_parquet(store / "influence_scores" / "default" / "scores.parquet")
-            assert scores.join(pl.read_parquet(store / "training_corpus" / "c" / "train.parquet"),
-                               on="example_id").height
-            print(f"drop-to-fresh seconds under the daemon: {seconds}")
+            yield instance, log
     finally:
         daemon.terminate()
         try:
             daemon.wait(timeout=30)
         except subprocess.TimeoutExpired:
             daemon.kill()
+
+
+def _scores_cover(store: Path, shard: str) -> int:
+    """How many of ``shard``'s training examples have a score in influence_scores[default]."""
+    scores = pl.read_parquet(store / "influence_scores" / "default" / "scores.parquet")
+    train = pl.read_parquet(store / "training_corpus" / shard / "train.parquet")
+    return scores.join(train, on="example_id").select("example_id").n_unique()
+
+
+def test_daemon_attributes_a_dropped_and_an_edited_shard(tmp_path: Path, mlflow_uri: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = _attributed(tmp_path, monkeypatch)
+    passages, data, store = corpus.passages, corpus.data, corpus.store
+    with _daemon(tmp_path) as (instance, log):
+        known = len(instance.get_runs())
+        seconds = {}
+        for change, shard in (("drop", "c"), ("edit", "b")):
+            before = _version(store)
+            if change == "drop":
+                passages[160:180].write_parquet(data / "c.parquet")
+            else:
+                passages[100:180].write_parquet(data / "b.parquet")
+            seconds[change] = _await_change(instance, store, before, log)
+            new = _runs(instance)[known:]
+            known += len(new)
+            assert [_what(r) for r in new] == _expected(shard), change
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in new), change
+        assert _scores_cover(store, "c")
+        print(f"drop-to-fresh seconds under the daemon: {seconds}")
+
+
+def test_daemon_refits_ekfac_factors_for_a_dropped_shard(tmp_path: Path, mlflow_uri: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``attribution.method: ekfac`` the corpus sensor's shard job builds the dropped shard's
+    training_corpus block (no STRIDE stage), then the automation refits the factors on every shard,
+    re-scores the query batch and curates once; every example of shard c gets scores."""
+    corpus = _attributed(tmp_path, monkeypatch, attribution={"method": "ekfac"})
+    store = corpus.store
+    fitted = Store(store).read_args("influence_factors")
+    assert fitted["shards"] == ["a", "b"]
+    with _daemon(tmp_path) as (instance, log):
+        known = len(instance.get_runs())
+        before = _version(store)
+        corpus.passages[160:180].write_parquet(corpus.data / "c.parquet")
+        seconds = _await_change(instance, store, before, log)
+        new = _runs(instance)[known:]
+        assert [_what(r) for r in new] == [("stride_shard_job", "c"),  # the corpus sensor
+                                           (frozenset({"influence_factors"}), None),  # the automation sensor
+                                           (frozenset({"influence_scores"}), "default"),
+                                           (CURATION, None)]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in new)
+        refitted = Store(store).read_args("influence_factors")
+        assert refitted["shards"] == ["a", "b", "c"] and refitted["n"] > fitted["n"]
+        assert _scores_cover(store, "c") == pl.read_parquet(store / "training_corpus" / "c" / "train.parquet").height
+        print(f"ekfac drop-to-fresh seconds under the daemon: {seconds}")
