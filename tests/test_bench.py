@@ -121,6 +121,10 @@ def test_resume_skips_methods_already_in_the_report(tmp_path: Path, wine_csv: Pa
                            removal=False, resume=True)
     assert any("grad_dot: in the report already" in line for line in seen)
     assert second["grad_dot"] == first["grad_dot"] and "lds_mean" in second["repsim"]
+    # the ground truth was computed by the first run (the second read it from the cache): its time stays counted
+    assert second["protocol"]["ground_truth_seconds"] == first["protocol"]["ground_truth_seconds"]
+    assert second["protocol"]["total_seconds"] > first["protocol"]["total_seconds"]
+    assert second["base_model"]["train_seconds"] == first["base_model"]["train_seconds"]
     later: list[str] = []
     third = run_benchmark(task, [MethodSpec("grad_dot")], tmp_path, replace(small, seed=5), log=later.append,
                           removal=False, resume=True)  # another protocol: nothing is reused

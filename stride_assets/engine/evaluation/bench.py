@@ -299,11 +299,23 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     report["protocol"] = {**_protocol_of(task, p), "ground_truth_seconds": gt_meter.seconds,
                           "total_seconds": time.perf_counter() - started}
     earlier = earlier_methods(folder.file("report"), report["protocol"], report)
+    if earlier:  # the report grows from earlier runs: their ground-truth and total time stay counted
+        before = json.loads(folder.file("report").read_text())
+        report["protocol"] = _accumulated(before["protocol"], report["protocol"])
+        report["base_model"] = {**report["base_model"], "train_seconds": before.get("base_model", {}).get(
+            "train_seconds", report["base_model"]["train_seconds"])}
     if leave is not None:
         earlier = {k: _with_leave_out(v, k, folder, task, leave) for k, v in earlier.items()}
     report = {**earlier, **report}
     write_json(report, folder.file("report"))
     return report
+
+
+def _accumulated(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``now``'s protocol with the seconds of the earlier runs that made the same report: the ground truth
+    as long as it took when it was computed (a later run reads it from the cache), totals summed."""
+    return {**now, "ground_truth_seconds": max(earlier.get("ground_truth_seconds", 0.0), now["ground_truth_seconds"]),
+            "total_seconds": earlier.get("total_seconds", 0.0) + now["total_seconds"]}
 
 
 def _protocol_of(task: Task, p: Protocol) -> dict[str, Any]:
