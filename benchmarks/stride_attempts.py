@@ -14,7 +14,7 @@ Operator forms whose per-subset size does not grow with the vocabulary (issue 11
 
 - ``attempt_factored``: B(h) A_k U with A_k r x 256 and one shared, learned output basis U (256 x V);
 - ``attempt_members_background``: member columns plus one shared r x V matrix weighted per operator;
-- ``attempt_members_rank48``: member columns at rank 48 instead of 16.
+- ``attempt_members_rank48``, ``attempt_members_rank64``: member columns at rank 48 / 64 instead of 16.
 
     .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...]
 """
@@ -35,6 +35,7 @@ FORM_ATTEMPTS = {
     "attempt_factored": {"output_rank": 256},
     "attempt_members_background": {"columns": 1024, "background": True},
     "attempt_members_rank48": {"columns": 1024, "rank": 48},
+    "attempt_members_rank64": {"columns": 1024, "rank": 64},
 }
 
 
