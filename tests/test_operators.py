@@ -269,3 +269,18 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary():
         (g_fast,) = torch.autograd.grad(got, bank.A)
         (g_dense,) = torch.autograd.grad(getattr(dense, name)(feats[rows], sub, rows, ops), bank.A)
         assert torch.allclose(g_fast, g_dense, rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.parametrize("kind", [{"columns": 4}, {"columns": 4, "background": True}, {"output_rank": 3}])
+def test_column_and_factored_banks_round_trip(tmp_path, kind):
+    bank = OperatorBank(5, 8, 12, rank=3, seed=2, init_scale=0.1, **kind)
+    if "columns" in kind:
+        bank.set_columns(torch.stack([torch.randperm(12)[:4] for _ in range(5)]))
+    with torch.no_grad():
+        for extra in (bank.G, bank.U):
+            if extra is not None:
+                extra.normal_()
+    again = OperatorBank.load(bank.save(tmp_path / "ops.safetensors"))
+    feats, ops = torch.randn(2, 3, 8), torch.tensor([1, 4])
+    assert torch.equal(bank.shift(feats, ops), again.shift(feats, ops))
+    assert bank.shift(feats, ops).abs().sum() > 0

@@ -46,14 +46,16 @@ class ColumnLogits:
         self.weight = head.weight.float()  # (V, d)
         self.bias = None if getattr(head, "bias", None) is None else head.bias.float()
         self.V = self.weight.shape[0]
+        # one zero row / zero bias for the padded column index V
+        self._padded_weight = torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])
+        self._padded_bias = None if self.bias is None else torch.cat([self.bias, self.bias.new_zeros(1)])
         self.lse = base_lse(site, feats)
 
     def _logits_at(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Base logits (N, T, m) at per-row columns ``index`` (N, m); padded columns (= V) give 0."""
-        w = torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])[index]  # (N, m, d)
-        out = torch.einsum("ntd,nmd->ntm", feats.float(), w)
-        if self.bias is not None:
-            out = out + torch.cat([self.bias, self.bias.new_zeros(1)])[index].unsqueeze(1)
+        out = torch.einsum("ntd,nmd->ntm", feats.float(), self._padded_weight[index])  # (N, m, d) gathered
+        if self._padded_bias is not None:
+            out = out + self._padded_bias[index].unsqueeze(1)
         return out
 
     def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):

@@ -153,7 +153,9 @@ class OperatorBank(nn.Module):
     def load(cls, path: Path) -> "OperatorBank":
         path = Path(path)
         bank = cls(**read_json(path.with_suffix(".json")))
-        bank.load_state_dict(load_tensors(path))
+        state = load_tensors(path)
+        state.setdefault("column_index", bank.column_index)  # banks saved before columns existed
+        bank.load_state_dict(state)
         return bank.eval()
 
 
