@@ -14,7 +14,8 @@ Operator forms whose per-subset size does not grow with the vocabulary (issue 11
 
 - ``attempt_factored``: B(h) A_k U with A_k r x 256 and one shared, learned output basis U (256 x V);
 - ``attempt_members_background``: member columns plus one shared r x V matrix weighted per operator;
-- ``attempt_members_rank48``, ``attempt_members_rank64``: member columns at rank 48 / 64 instead of 16.
+- ``attempt_members_rank16``, ``attempt_members_rank48``, ``attempt_members_rank64``: member columns at rank
+  16 / 48 / 64 (the suite's ``stride_logit_members`` is rank 48).
 
     .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...]
 """
@@ -32,6 +33,7 @@ ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0
 
 
 FORM_ATTEMPTS = {
+    "attempt_members_rank16": {"columns": 1024, "rank": 16},
     "attempt_factored": {"output_rank": 256},
     "attempt_members_background": {"columns": 1024, "background": True},
     "attempt_members_rank48": {"columns": 1024, "rank": 48},

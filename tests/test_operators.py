@@ -121,19 +121,21 @@ def test_head_form_operators_are_sized_by_the_model_not_the_vocabulary():
     assert make_site(gpt2(), "logit").out_dim == VOCAB
 
 
-def test_column_bank_equals_the_dense_bank_it_scatters_into():
+@pytest.mark.parametrize("m", [4, 1])  # contract scatters (m > C / 8) or gathers (m <= C / 8)
+def test_column_bank_equals_the_dense_bank_it_scatters_into(m):
     K, C, r = 6, 10, 3
     dense = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1)
-    sparse = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1, columns=4)
-    index = torch.stack([torch.randperm(C)[:4] for _ in range(K)])
-    index[2, 3] = C  # a padded slot: its weight is zeroed and never reaches an output
+    sparse = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1, columns=m)
+    index = torch.stack([torch.randperm(C)[:m] for _ in range(K)])
+    index[2, m - 1] = C  # a padded slot: its weight is zeroed and never reaches an output
     sparse.set_columns(index)
     with torch.no_grad():
         dense.A.zero_()
         for k in range(K):
             keep = index[k] < C
             dense.A[k][:, index[k][keep]] = sparse.A[k][:, keep]
-    assert sparse.A[2, :, 3].abs().sum() == 0
+    assert sparse.A[2, :, m - 1].abs().sum() == 0
+    assert torch.equal(sparse.dense_A(), dense.A)
     feats, ops = torch.randn(4, 7, 5), torch.tensor([0, 2, 5, 1])
     assert torch.allclose(dense.shift(feats, ops), sparse.shift(feats, ops))
     projected = torch.randn(4, r, C)
