@@ -31,8 +31,8 @@ after a warm-up, times the suite's steps: a step does the same fixed-size work e
 first size the methods of ``--full-steps-first``, by default the logit form, run all steps instead)
 and, when it would take longer than ``--grad-budget`` seconds, logra's training-gradient pass
 (seconds per example, measured on a prefix of the training set, times n; the Gram matrix and its
-Cholesky factor are always computed at full size). Per-query seconds are the median of
-``--repeats`` runs over the test queries.
+Cholesky factor are always computed at full size). STRIDE's per-query seconds are the median of
+``--repeats`` runs over the test queries, logra's one run over them (``scale_bench.logra_rates``).
 
 Then the derived numbers (``cost_analysis.py``): crossovers, end-to-end ratios, extrapolations.
 
@@ -45,13 +45,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,10 +57,12 @@ import torch
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.design import draw_design
 from stride_assets.engine.evaluation.lm_task import LMTask, pydoc_task
-from stride_assets.engine.evaluation.methods.base import DampedSolver, trainable
-from stride_assets.engine.evaluation.methods.gradients import GradientSpace, clear_cache, logra
+from stride_assets.engine.evaluation.methods.base import trainable
+from stride_assets.engine.evaluation.methods.gradients import clear_cache, logra
+from stride_assets.engine.evaluation.scale_bench import (Budgets, ClockedStride, fit_rate, logra_curvature,
+                                                         logra_rates, median_of, optimizer_step_seconds, parse_size,
+                                                         set_clock, spent, timed)
 from stride_assets.engine.evaluation.suites import lm_stride
-from stride_assets.engine.stride import Stride
 
 # the report side (settings, derived numbers, tables, writing); a sibling: this script's folder is sys.path[0]
 from cost_analysis import MEASURED_VS_SCALED, WHAT, chosen_settings, reanalyse, write_report
@@ -70,67 +70,12 @@ from cost_analysis import MEASURED_VS_SCALED, WHAT, chosen_settings, reanalyse, 
 warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap over CPU attention
 
 STRIDE_SECTIONS = {"design", "operators", "training", "measure", "recovery"}  # what the report keeps of a config
-CLOCK: Callable[[], float] = time.process_time  # --clock: CPU seconds of this process (1 thread) or wall
 Log = Callable[[str], None]
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds ``fn`` took on ``CLOCK``, and its result."""
-    start = CLOCK()
-    out = fn()
-    return CLOCK() - start, out
-
-
-def median_of(run: Callable[[], tuple[float, Any]], repeats: int, slow: float = 20.0) -> tuple[float, list[float], Any]:
-    """Median seconds of ``repeats`` calls of ``run`` (-> seconds, result); one call if the first takes > ``slow``."""
-    runs, out = [], None
-    for _ in range(repeats):
-        s, out = run()
-        runs.append(s)
-        if s > slow:
-            break
-    return statistics.median(runs), runs, out
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """'LxE' or 'LxExH' -> (n_layer, n_embd, n_head); heads default to n_embd / 32 (at least 2)."""
-    parts = [int(p) for p in text.lower().split("x")]
-    if len(parts) == 2:
-        parts.append(max(2, parts[1] // 32))
-    return parts[0], parts[1], parts[2]
+# timing (timed, median_of, ClockedStride, spent, fit_rate, the clock) lives in the engine's scale benchmark
+# (stride_assets/engine/evaluation/scale_bench.py), which `stride bench scale` runs over larger models and corpora
 
 
 # --- STRIDE: the facade's phases ----------------------------------------------------------------
-
-
-class ClockedStride(Stride):
-    """The engine's facade with its phases timed on ``CLOCK`` (the facade's own is wall time)."""
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = CLOCK()
-        try:
-            yield
-        finally:
-            self.seconds[name] += CLOCK() - start
-
-
-def spent(stride: Stride, phase: str, fn: Callable[[], Any]) -> tuple[float, Any]:
-    """The seconds ``fn`` added to ``stride.seconds[phase]``, and its result."""
-    before = stride.seconds[phase]
-    out = fn()
-    return stride.seconds[phase] - before, out
-
-
-def optimizer_step_seconds(stride: Stride, K: int, repeats: int = 5) -> float:
-    """One AdamW update of a bank's parameters with dense gradients (as ``train_operators`` makes)."""
-    params = [p for p in stride.new_bank(K).parameters() if p.requires_grad]
-    tc = stride.cfg.training
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    opt.step()  # allocates the moments
-    return statistics.median(timed(opt.step)[0] for _ in range(repeats))
 
 
 def stride_cost(task: LMTask, model: torch.nn.Module, name: str, cfg: StrideConfig, lam: float, all_steps: bool,
@@ -152,39 +97,21 @@ def stride_cost(task: LMTask, model: torch.nn.Module, name: str, cfg: StrideConf
         design = draw_design(task.n, cfg.design.K, cfg.design.d, cfg.design.seed)
     design_s = stride.seconds["fit"]
 
-    def fit(n_steps: int) -> tuple[float, Any]:
-        stride.training = cfg.training.model_copy(update={"steps": n_steps})
-        return spent(stride, "fit", lambda: stride.fit_operators(feats, batch, design, lambda _: None))
-
-    def init() -> None:  # the bank's set-up alone, as fit_operators opens with it
-        with stride.phase("fit"):
-            stride.new_bank(design.K).to(feats.device).set_feature_stats(feats, batch.get("attention_mask"))
-
-    bank_init_s = spent(stride, "fit", init)[0]
-    warm_s = fit(2)[0]  # warm-up; also sizes the measured fits
-    fit0 = statistics.median(fit(0)[0] for _ in range(3))
-    if all_steps:
-        call_s, (bank, _) = fit(steps)
-        per_step, measured, runs, bank_steps = (call_s - fit0) / steps, steps, [], steps
-    else:
-        chunk = int(min(20, max(2, round(step_budget / 3 / max((warm_s - fit0) / 2, 1e-6)))))
-        runs = []
-        for _ in range(3):  # a fresh bank each fit
-            call_s, (bank, _) = fit(chunk)
-            runs.append(max(0.0, call_s - fit0) / chunk)
-        per_step, measured, bank_steps = statistics.median(runs), 3 * chunk, chunk
+    fit = fit_rate(stride, feats, batch, design, steps, all_steps=all_steps, step_budget=step_budget)
+    bank, per_step, bank_init_s = fit["bank"], fit["per_step_s"], fit["bank_init_s"]
     out: dict[str, Any] = {
         "form": cfg.operators.form, "steps": steps, "cache_s": stride.seconds["cache"], "design_s": design_s,
-        "bank_init_s": bank_init_s, "steps_measured": measured, "bank_steps": bank_steps, "per_step_s": per_step,
-        "per_step_runs_s": runs, "train_setup_s": max(0.0, fit0 - bank_init_s),
+        "bank_init_s": bank_init_s, "steps_measured": fit["steps_measured"], "bank_steps": fit["bank_steps"],
+        "per_step_s": per_step, "per_step_runs_s": fit["per_step_runs_s"],
+        "train_setup_s": max(0.0, fit["fit0_s"] - bank_init_s),
         "optimizer_step_s": optimizer_step_seconds(stride, design.K),
         "operator_params": int(sum(p.numel() for p in bank.parameters() if p.requires_grad)),
-        "train_s": per_step * steps, "train_s_measured": call_s - fit0 if all_steps else None}
+        "train_s": per_step * steps, "train_s_measured": fit["train_s_measured"]}
     fixed = out["cache_s"] + design_s + bank_init_s + out["train_setup_s"]
     out["one_time_s"] = fixed + out["train_s"]
     out["one_time_at_steps"] = {str(s): fixed + per_step * s for s in (1000, 500, 250, 100, 0)}
     log(f"    {name}: cache {out['cache_s']:.2f}s, {per_step * 1e3:.1f} ms/step x {steps} "
-        f"(measured over {measured}; an AdamW update alone {out['optimizer_step_s'] * 1e3:.1f} ms)")
+        f"(measured over {fit['steps_measured']}; an AdamW update alone {out['optimizer_step_s'] * 1e3:.1f} ms)")
 
     qbatch, n_q = task.query_batch("test"), len(task.query_ids["test"])
     recovery = cfg.recovery.model_copy(update={"lambda_ratio": lam, "n_jobs": 1})
@@ -208,34 +135,21 @@ def stride_cost(task: LMTask, model: torch.nn.Module, name: str, cfg: StrideConf
 
 def logra_cost(task: LMTask, model: torch.nn.Module, damping: float, grad_budget: float, repeats: int,
                log: Log) -> dict[str, Any]:
-    """``gradients.logra`` taken apart: training gradients (on a prefix when slow), Gram + Cholesky, queries."""
-    space = GradientSpace.for_model(model, "auto", 0, "auto")
+    """``gradients.logra`` taken apart (``scale_bench.logra_rates`` / ``logra_curvature``): training gradients
+    (on a prefix when slow), Gram + Cholesky at full size, the test queries' gradients, solve and scores."""
     n = task.n
-    out: dict[str, Any] = {"proj_dim": space.proj_dim, "chunk_size": space.chunk_size, "damping": damping}
-    probe = min(n, max(space.chunk_size, 8))
-    space.grads(task, model, task.train_batch(np.arange(min(n, 4))))  # warm-up (vmap)
-    probe_s, _ = timed(lambda: space.grads(task, model, task.train_batch(np.arange(probe))))
-    per_ex_guess = probe_s / probe
-    m = n if per_ex_guess * n <= grad_budget else int(min(n, max(probe, grad_budget / per_ex_guess)))
-    grads_s, G = timed(lambda: space.grads(task, model, task.train_batch(np.arange(m))))
-    out.update(grad_examples_measured=m, grad_per_example_s=grads_s / m, train_grads_s=grads_s / m * n)
-    if m < n:  # rows beyond the measured prefix: copies (the Gram / Cholesky cost depends on shape only)
-        G = G[torch.arange(n) % m]
-    Phi = G.double()
-    k = Phi.shape[1]
-    kernel = n < k
-    out["curvature_s"], solver = timed(  # Gram matrix + Cholesky factor
-        lambda: DampedSolver.fit(Phi @ Phi.T if kernel else Phi.T @ Phi, damping, size=k))
-    out.update(one_time_s=out["train_grads_s"] + out["curvature_s"], form="kernel" if kernel else "primal")
-    n_q = len(task.query_ids["test"])
-    qbatch = task.query_batch("test")
-
-    def per_query():
-        Gq = space.grads(task, model, qbatch).double()
-        return solver.solve(Phi @ Gq.T).T if kernel else solver.solve(Gq.T).T @ Phi.T
-
-    q_s, q_runs, _ = median_of(lambda: timed(per_query), repeats)
-    out.update(per_query_s=q_s / n_q, queries=n_q, per_query_runs_s=q_runs)
+    rates = logra_rates(model, task.train_batch(), task.query_batch("test"), (n,),
+                        Budgets(pool=n, grad_s=grad_budget, query_grad_s=float("inf")), log)
+    curv = logra_curvature(rates, n, damping, rows_cap=n)
+    m = rates["grads_measured"][-1][0]
+    grads_s = rates["grad_per_example_s"] * n if m < n else rates["grads_measured"][-1][1]
+    out: dict[str, Any] = {"proj_dim": rates["proj_dim"], "chunk_size": rates["chunk_size"], "damping": damping,
+                           "grad_examples_measured": m, "grad_per_example_s": rates["grad_per_example_s"],
+                           "train_grads_s": grads_s,
+                           "curvature_s": curv["gram_s"] + curv["cholesky_s"], "form": curv["form"]}
+    out["one_time_s"] = out["train_grads_s"] + out["curvature_s"]
+    out.update(per_query_s=rates["query_grad_s"] + curv["solve_score_per_query_s"], queries=rates["query_grads"],
+               query_grad_per_query_s=rates["query_grad_s"], solve_per_query_s=curv["solve_score_per_query_s"])
     log(f"    logra: grads {out['grad_per_example_s'] * 1e3:.2f} ms/example (measured on {m}/{n}), "
         f"curvature {out['curvature_s']:.2f}s, per query {out['per_query_s'] * 1e3:.2f} ms")
     return out
@@ -272,8 +186,7 @@ def main() -> None:
         reanalyse(Path(args.from_report), Path(args.out), "PYTHONPATH=. " + command)
         return
     torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    set_clock(args.clock)
     started, started_cpu = time.perf_counter(), time.process_time()
 
     def log(msg: str) -> None:
