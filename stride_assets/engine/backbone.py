@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from stride_assets.engine.config import default_layer_index
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
 from stride_assets.engine.losses import sequence_nll, token_kl
 
@@ -77,9 +78,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def default_layer(model: nn.Module) -> int:
-    """About 2/3 of depth (paper: layer 8 of 12), at least 1 so some frozen layers lie below."""
-    n = len(decoder_layers(model))
-    return min(max(1, round(2 * n / 3)), n - 1) if n > 1 else 0
+    """``config.default_layer_index`` of the model's depth."""
+    return default_layer_index(len(decoder_layers(model)))
 
 
 class _Stop(Exception):
@@ -221,8 +221,7 @@ class HeadSite(LogitSite):
         self.out_dim = self.in_dim
 
     def logits(self, feats: torch.Tensor, batch: Batch, shift: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = feats if shift is None else feats + shift
-        return self.head(hidden.to(self.head.weight.dtype)).float()
+        return super().logits(feats if shift is None else feats + shift, batch)
 
 
 FORMS = ("head", "logit", "activation")

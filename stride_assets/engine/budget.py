@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from stride_assets.engine.config import StrideConfig
+from stride_assets.engine.config import StrideConfig, default_layer_index
 from stride_assets.engine.design import shard_K
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
 
@@ -219,9 +219,9 @@ def site_dims(form: str, shapes: ModelShapes) -> tuple[int, int]:
     return (shapes.hidden, shapes.vocab if form == "logit" else shapes.hidden)
 
 
-def default_layer(n_layer: int) -> int:
-    """backbone.default_layer from the layer count."""
-    return min(max(1, round(2 * n_layer / 3)), n_layer - 1) if n_layer > 1 else 0
+def layers_above(oc, shapes: ModelShapes) -> int:
+    """Decoder layers the activation form runs above its site (``operators.layer``, else the default)."""
+    return shapes.n_layer - (default_layer_index(shapes.n_layer) if oc.layer is None else oc.layer)
 
 
 def estimate(cfg: StrideConfig, shapes: ModelShapes, sizes: dict[str, int] | None = None,
@@ -351,8 +351,7 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
             f"≈ {3 * terms} x B x T x C x 4 B = {3 * terms} x {B} x {T} x {C:,} x 4",
             ("training.batch_size",) + (("operators.form: head",) if oc.form == "logit" else ())))
     if oc.form == "activation":
-        above = shapes.n_layer - (default_layer(shapes.n_layer) if oc.layer is None else oc.layer)
-        mem, formula = _acts(shapes, above, terms * B, T)
+        mem, formula = _acts(shapes, layers_above(oc, shapes), terms * B, T)
         add(Row(stage, "layers above the site", mem, 0, formula,
                 ("training.batch_size", "operators.layer (higher: fewer layers above)")))
     if tc.linearity_weight > 0:
@@ -371,8 +370,7 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
                 0, f"≈ qb x T x (4V + 2C + in_dim) x 4 + qb x r x C x 4 B, qb = measure.query_batch {qb}",
                 ("measure.query_batch",)))
         if oc.form == "activation":
-            above = shapes.n_layer - (default_layer(shapes.n_layer) if oc.layer is None else oc.layer)
-            mem, formula = _acts(shapes, above, qb, T)
+            mem, formula = _acts(shapes, layers_above(oc, shapes), qb, T)
             add(Row(stage, "layers above the site", mem, 0, formula, ("measure.query_batch",)))
     else:
         ch = min(mc.operator_chunk, K)

@@ -59,18 +59,18 @@ class ColumnLogits:
         return out
 
     def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):
-        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), the index."""
+        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), the index, lse (N, T)."""
         bank = self.bank
         index = bank.column_index[ops]  # (N, m)
         s = torch.bmm(bank.codes(feats), bank.A[ops])  # (N, T, m)
-        lse = self.lse[rows][:, :feats.shape[1]].unsqueeze(-1)
-        p = torch.exp(self._logits_at(feats, index) - lse) * (index < self.V).unsqueeze(1)
+        lse = self.lse[rows][:, :feats.shape[1]]
+        p = torch.exp(self._logits_at(feats, index) - lse.unsqueeze(-1)) * (index < self.V).unsqueeze(1)
         delta = torch.log1p((p * torch.expm1(s)).sum(-1).clamp_min(-1 + 1e-6))
-        return delta, s, p, index
+        return delta, s, p, index, lse
 
     def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
-        delta, s, _, index = self._parts(feats[:, :-1], rows, ops)
+        delta, s, _, index, lse = self._parts(feats[:, :-1], rows, ops)
         targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"])
         w_y = self.weight[targets]  # (N, T-1, d)
         base_y = (feats[:, :-1].float() * w_y).sum(-1)
@@ -78,12 +78,12 @@ class ColumnLogits:
             base_y = base_y + self.bias[targets]
         hit = targets.unsqueeze(-1) == index.unsqueeze(1)  # (N, T-1, m)
         s_y = (s * hit).sum(-1)
-        nll = (self.lse[rows][:, :-1] - base_y - s_y + delta) * weights
+        nll = (lse - base_y - s_y + delta) * weights
         return (nll.sum(-1) / weights.sum(-1).clamp_min(1.0)).mean()
 
     def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
-        delta, s, p, _ = self._parts(feats, rows, ops)
+        delta, s, p, _, _ = self._parts(feats, rows, ops)
         kl = delta - (p * s).sum(-1)
         mask = batch["attention_mask"].to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)

@@ -115,6 +115,12 @@ class DesignConfig(_Strict):
         return self
 
 
+def default_layer_index(n_layer: int) -> int:
+    """The activation form's layer when ``operators.layer`` is None: about 2/3 of depth (paper: layer 8 of 12),
+    at least 1 so some frozen layers lie below."""
+    return min(max(1, round(2 * n_layer / 3)), n_layer - 1) if n_layer > 1 else 0
+
+
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
 

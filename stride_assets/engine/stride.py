@@ -33,6 +33,7 @@ from stride_assets.engine.backbone import Batch, Site, encode_all, take
 from stride_assets.engine.config import StrideConfig, TrainConfig
 from stride_assets.engine.design import SubsetDesign
 from stride_assets.engine.errors import StrideConfigError
+from stride_assets.engine.losses import shift_targets
 from stride_assets.engine.measure import responses
 from stride_assets.engine.operators import OperatorBank, member_columns, top_direction_energy
 from stride_assets.engine.recovery import Recovery, recover
@@ -67,7 +68,7 @@ def check_dense_size(site: Site, oc) -> None:
 def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Each example's target outputs and their mask: next tokens of an LM batch, the label of a classifier's."""
     if "input_ids" in batch:
-        return batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
+        return shift_targets(batch["input_ids"], batch["attention_mask"])
     y = batch["y"].reshape(-1, 1)
     return y, torch.ones_like(y)
 

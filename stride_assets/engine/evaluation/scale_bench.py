@@ -60,7 +60,6 @@ import shutil
 import statistics
 import sysconfig
 import tempfile
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -77,6 +76,7 @@ from stride_assets.engine.backbone import Batch, encode_all, make_site, take
 from stride_assets.engine.config import StrideConfig, load_config
 from stride_assets.engine.errors import StrideConfigError
 from stride_assets.engine.stride import Stride
+from stride_assets.engine.evaluation.meter import Meter, metered
 
 Log = Callable[[str], None]
 CLOCK: Callable[[], float] = time.process_time  # set_clock: CPU seconds of this process, or wall seconds
@@ -215,16 +215,7 @@ def fit_rate(stride: Stride, feats: torch.Tensor, batch: Batch, design, steps: i
 
 # --- memory ---------------------------------------------------------------------------------------
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_mb() -> float:
-    """This process's resident set, MB (from /proc/self/statm; 0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 1e6
-    except (OSError, ValueError, IndexError):
-        return 0.0
+MIB = 2**20  # every MB of the report is a MiB, as meter.rss_mb's
 
 
 def trim_memory() -> None:
@@ -236,28 +227,12 @@ def trim_memory() -> None:
         pass
 
 
-class PeakRSS:
-    """The largest resident set seen while the block runs (a thread samples every ``interval`` seconds)."""
-
-    def __init__(self, interval: float = 0.02):
-        self.interval, self.start_mb, self.peak_mb = interval, 0.0, 0.0
-        self._stop = threading.Event()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, rss_mb())
-
-    def __enter__(self) -> "PeakRSS":
-        trim_memory()
-        self.start_mb = self.peak_mb = rss_mb()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, rss_mb())
+@contextmanager
+def peak_rss() -> Iterator[Meter]:
+    """``meter.metered`` after a trim: the block's ``peak_rss_mb`` (MiB) is its own, not the last stage's."""
+    trim_memory()
+    with metered() as meter:
+        yield meter
 
 
 # --- text and models ------------------------------------------------------------------------------
@@ -437,7 +412,7 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
     shard = take(train, torch.arange(min(shard_size, pool)))
     out: dict[str, Any] = {"form": oc.form, "columns": oc.columns, "layer": getattr(stride.site, "layer", None)}
 
-    with PeakRSS() as mem:  # caching, shard by shard (the pipeline caches each shard alone), within the budget
+    with peak_rss() as mem:  # caching, shard by shard (the pipeline caches each shard alone), within the budget
         probe = min(8, pool)
         stride.cache_features(take(train, torch.arange(probe)))  # warm-up
         rate = timed(lambda: stride.cache_features(take(train, torch.arange(probe))))[0] / probe
@@ -451,14 +426,14 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
             cumulative.append((done, total))
             if total > budgets.cache_s and done >= probe:
                 break
-    out.update(cache_per_example_s=total / done, cache_measured=cumulative, cache_peak_mb=mem.peak_mb)
+    out.update(cache_per_example_s=total / done, cache_measured=cumulative, cache_peak_mb=mem.peak_rss_mb)
     tiled = feats.shape[0] < shard_size
     if tiled:  # the shard's cost needs its full size: the prefix's features repeated (the work is the same)
         feats = feats[torch.arange(shard_size) % feats.shape[0]]
     log(f"    {form}: caching {out['cache_per_example_s'] * 1e3:.2f} ms/example (measured on {done:,})")
 
     name = "shard-00000"
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         design_s, design = timed(lambda: draw_design(shard_size, shard_K(dc.K, dc.d, shard_size, shard_size), dc.d,
                                                      derive_seed(dc.seed, name)))
         tc = shard_training(cfg.training, shard_size, dc.d, name)
@@ -466,7 +441,7 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
         fit = fit_rate(stride, feats, shard, design, tc.steps, all_steps=None, step_budget=budgets.step_budget,
                        full_budget=budgets.full_steps_s, fit0_repeats=None, time_cap=budgets.time_cap)
     bank = fit.pop("bank")
-    out.update(design_s=design_s, K_shard=design.K, fit=fit, fit_peak_mb=mem.peak_mb, features_tiled=tiled,
+    out.update(design_s=design_s, K_shard=design.K, fit=fit, fit_peak_mb=mem.peak_rss_mb, features_tiled=tiled,
                shard_fixed_s=design_s + fit["fit0_s"])
     log(f"    {form}: shard of {shard_size} (K {design.K}): fixed {out['shard_fixed_s']:.2f}s + "
         f"{fit['per_step_s'] * 1e3:.1f} ms/step x {tc.steps} (measured over {fit['steps_measured']} steps)")
@@ -478,7 +453,7 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
                operator_params=int(sum(p.numel() for p in bank.parameters() if p.requires_grad)))
 
     n_q = next(iter(queries.values())).shape[0]
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         stride.measure(bank, _rows(queries, 2))  # warm-up
         probe_s = spent(stride, "measure", lambda: stride.measure(bank, _rows(queries, 4)))[0] / 4
         q_m = int(min(n_q, max(4, budgets.measure_s / max(probe_s, 1e-9))))
@@ -486,7 +461,7 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
         s, Y = spent(stride, "measure", lambda: stride.measure(bank, _rows(queries, q_m)))
         # of which the queries' forward pass to the site, the same for every shard's bank
         forward_s = timed(lambda: encode_all(stride.site, _rows(queries, q_m), cfg.measure.query_batch))[0]
-    out.update(measure_per_query_per_shard_s=s / q_m, measure_queries=q_m, measure_peak_mb=mem.peak_mb, Y=Y,
+    out.update(measure_per_query_per_shard_s=s / q_m, measure_queries=q_m, measure_peak_mb=mem.peak_rss_mb, Y=Y,
                query_forward_s=min(forward_s, s) / q_m)
     log(f"    {form}: responses {s / q_m * 1e3:.2f} ms per query per shard bank, of which the query's forward "
         f"pass {forward_s / q_m * 1e3:.2f} (measured on {q_m} queries)")
@@ -512,13 +487,13 @@ def stride_recovery(rates: dict[str, Any], n: int, cfg: StrideConfig, budgets: B
     rc = cfg.recovery.model_copy(update={"n_jobs": 1})
     stride = ClockedStride(None, cfg)
     stride.recover(Y[:1], M, rc)  # warm-up (imports, the design's sparse formats)
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         first = spent(stride, "recover", lambda: stride.recover(Y[:2], M, rc))[0]
         more = int(min(max(0, Y.shape[0] - 2), max(1, budgets.lasso_s / max(first / 2, 1e-9) - 2)))
         rest = spent(stride, "recover", lambda: stride.recover(Y[2:2 + more], M, rc))[0] if more else 0.0
     q = 2 + more
     return {"per_query_s": (first + rest) / q, "queries": q, "K_all": int(sum(Ks)), "shards": len(sizes),
-            "peak_rss_mb": mem.peak_mb}
+            "peak_rss_mb": mem.peak_rss_mb}
 
 
 def stride_at(rates: dict[str, Any], recovery: dict[str, Any], n: int, cfg: StrideConfig, shapes: Any,
@@ -561,7 +536,7 @@ def stride_at(rates: dict[str, Any], recovery: dict[str, Any], n: int, cfg: Stri
     shared = (S - 1) * rates["query_forward_s"]  # the pipeline encodes a query batch again for each shard's block
     method = _method(stages, bank_bytes=int(bank_bytes), bank_bytes_how=f"one bank's tensors (measured) for each of "
                    f"the {S} shards' K", bank_bytes_predicted=int(predicted),
-                   predicted_peak_mb={s: round(est.memory(s) / 1e6, 1) for s in
+                   predicted_peak_mb={s: round(est.memory(s) / MIB, 1) for s in
                                       ("steering_operators", "perturbation_matrix", "influence_scores")},
                    form=rates["form"], columns=rates["columns"], shards=S, K_all=int(sum(Ks)),
                    operator_steps=int(sum(steps)), operator_params_per_shard=rates["operator_params"])
@@ -595,7 +570,7 @@ def logra_rates(model: torch.nn.Module, train: Batch, queries: Batch, ns: tuple[
     task = TokenTask()
     space = GradientSpace.for_model(model, "auto", 0, "auto")
     pool = next(iter(train.values())).shape[0]
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         space.grads(task, model, _rows(train, 2))  # warm-up (vmap)
         probe = min(pool, max(space.chunk_size, 4))
         rate = timed(lambda: space.grads(task, model, take(train, torch.arange(probe))))[0] / probe
@@ -609,15 +584,15 @@ def logra_rates(model: torch.nn.Module, train: Batch, queries: Batch, ns: tuple[
             cumulative.append((done, total))
         G = torch.cat(parts)
     n_q = next(iter(queries.values())).shape[0]
-    with PeakRSS() as qmem:
+    with peak_rss() as qmem:
         q_probe = timed(lambda: space.grads(task, model, _rows(queries, 2)))[0] / 2
         q_g = int(min(n_q, max(2, budgets.query_grad_s / max(q_probe, 1e-9))))
         q_s, Gq = timed(lambda: space.grads(task, model, _rows(queries, q_g)))
     log(f"    logra: {total / done * 1e3:.2f} ms per training gradient (measured on {done:,}), "
         f"{q_s / q_g * 1e3:.2f} ms per query gradient (on {q_g}); projection {space.proj_dim}")
     return {"proj_dim": space.proj_dim, "chunk_size": space.chunk_size, "grad_per_example_s": total / done,
-            "grads_measured": cumulative, "grads_peak_mb": mem.peak_mb, "query_grad_s": q_s / q_g,
-            "query_grads": q_g, "query_peak_mb": qmem.peak_mb, "G": G, "Gq": Gq}
+            "grads_measured": cumulative, "grads_peak_mb": mem.peak_rss_mb, "query_grad_s": q_s / q_g,
+            "query_grads": q_g, "query_peak_mb": qmem.peak_rss_mb, "G": G, "Gq": Gq}
 
 
 def logra_curvature(rates: dict[str, Any], n: int, damping: float = LOGRA_DAMPING,
@@ -630,7 +605,7 @@ def logra_curvature(rates: dict[str, Any], n: int, damping: float = LOGRA_DAMPIN
     k = G.shape[1]
     rows = min(n, rows_cap)
     kernel = n < k
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         Phi = G[torch.arange(rows) % G.shape[0]].double()
         gram_s, A = timed(lambda: Phi @ Phi.T if kernel else Phi.T @ Phi)
         chol_s, solver = timed(lambda: DampedSolver.fit(A, damping, size=k))
@@ -644,7 +619,7 @@ def logra_curvature(rates: dict[str, Any], n: int, damping: float = LOGRA_DAMPIN
     scale = n / rows
     return {"form": "kernel" if kernel else "primal", "gram_s": gram_s * (1.0 if kernel else scale),
             "cholesky_s": chol_s, "solve_score_per_query_s": (solve_s + score_s * scale) / Gq.shape[0],
-            "rows": rows, "side": int(solver.factor.shape[0]), "peak_rss_mb": mem.peak_mb, "n": n}
+            "rows": rows, "side": int(solver.factor.shape[0]), "peak_rss_mb": mem.peak_rss_mb, "n": n}
 
 
 def logra_at(rates: dict[str, Any], curv: dict[str, Any], n: int, model_bytes: int,
@@ -668,7 +643,7 @@ def logra_at(rates: dict[str, Any], curv: dict[str, Any], n: int, model_bytes: i
     state = n * k * 4 + curv["side"] ** 2 * 8
     return _method(stages, bank_bytes=int(state),
                    bank_bytes_how="computed: n x k x 4 (projected gradients, float32) + side^2 x 8 (Cholesky factor)",
-                   predicted_peak_mb=round((model_bytes + n * k * 12 + curv["side"] ** 2 * 16) / 1e6, 1),
+                   predicted_peak_mb=round((model_bytes + n * k * 12 + curv["side"] ** 2 * 16) / MIB, 1),
                    predicted_peak_how="model + n x k x (4 + 8) (gradients, their float64 copy) + 2 x side^2 x 8",
                    proj_dim=rates["proj_dim"], damping=LOGRA_DAMPING)
 
@@ -687,10 +662,10 @@ def ekfac_rates(model: torch.nn.Module, cfg: StrideConfig, train: Batch, queries
     ac = cfg.attribution
     head = model.get_output_embeddings()
     include_head = ac.include_head and max(head.in_features, head.out_features) <= ekfac.MAX_FACTOR_SIDE
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         setup_s, infl = timed(lambda: ekfac.Influence(model, ekfac.lm_objective, ac.strategy, include_head,
                                                       ac.batch_size))
-    phases: dict[str, Any] = {"setup": {"seconds": setup_s, "peak_rss_mb": mem.peak_mb}}
+    phases: dict[str, Any] = {"setup": {"seconds": setup_s, "peak_rss_mb": mem.peak_rss_mb}}
     m = min(size.ekfac_fit, next(iter(train.values())).shape[0])
     fit_batch = take(train, torch.arange(m))
     factors = workdir / "ekfac_factors"
@@ -702,9 +677,9 @@ def ekfac_rates(model: torch.nn.Module, cfg: StrideConfig, train: Batch, queries
         for name, call in (("covariance", lambda: analyzer.fit_covariance_matrices(**data, **common)),
                            ("eigendecomposition", lambda: analyzer.perform_eigendecomposition(**common)),
                            ("lambda", lambda: analyzer.fit_lambda_matrices(**data, **common))):
-            with PeakRSS() as mem:
+            with peak_rss() as mem:
                 s, _ = timed(call)
-            phases[name] = {"seconds": s, "peak_rss_mb": mem.peak_mb}
+            phases[name] = {"seconds": s, "peak_rss_mb": mem.peak_rss_mb}
             log(f"    kronfluence_ekfac: {name} {s:.2f}s" + ("" if name == "eigendecomposition" else f" on {m:,}"))
         shutil.rmtree(factors, ignore_errors=True)
         shutil.move(str(ekfac._factors_in(Path(work))), str(factors))
@@ -713,7 +688,7 @@ def ekfac_rates(model: torch.nn.Module, cfg: StrideConfig, train: Batch, queries
     pool = next(iter(train.values())).shape[0]
     (m1, m2), half = (min(m, pool) for m in size.ekfac_train), max(1, q // 2)
     points = []
-    with PeakRSS() as mem:
+    with peak_rss() as mem:
         for q_i, m_i in ((q, m1), (q, m2), (half, m1)):
             s, _ = timed(lambda: infl.scores(_rows(queries, q_i), take(train, torch.arange(m_i)), factors,
                                              ac.damping))
@@ -732,7 +707,7 @@ def ekfac_rates(model: torch.nn.Module, cfg: StrideConfig, train: Batch, queries
     return {"include_head": include_head, "fit_examples": m, "phases": phases, "factor_bytes": factor_bytes,
             "score_points": points, "score_queries": q, "score_call_s": f, "score_per_query_s": c_q,
             "score_per_train_example_s": c_t,
-            "query_batch": ekfac.Influence.query_batch_size, "scores_peak_mb": mem.peak_mb,
+            "query_batch": ekfac.Influence.query_batch_size, "scores_peak_mb": mem.peak_rss_mb,
             "strategy": ac.strategy, "damping": ac.damping, "batch_size": ac.batch_size}
 
 
@@ -766,7 +741,7 @@ def ekfac_at(rates: dict[str, Any], n: int, cfg: StrideConfig, shapes: Any) -> d
     est = budget.estimate(ecfg, shapes, {"all": n}, {"default": QUERIES})
     return _method(stages, bank_bytes=int(rates["factor_bytes"]), bank_bytes_how="measured: the factors folder",
                    bank_bytes_predicted=int(est.disk("influence_factors")),
-                   predicted_peak_mb={s: round(est.memory(s) / 1e6, 1) for s in ("influence_factors",
+                   predicted_peak_mb={s: round(est.memory(s) / MIB, 1) for s in ("influence_factors",
                                                                                   "influence_scores")},
                    include_head=rates["include_head"], strategy=rates["strategy"],
                    note=None if rates["include_head"] else
@@ -970,7 +945,7 @@ def _extrapolated(rates_of: dict[str, dict[str, Any]], n_parts: dict[tuple[str, 
 
 
 def _mb(b: float) -> str:
-    return f"{b / 1e6:,.1f}"
+    return f"{b / MIB:,.1f}"
 
 
 def _ratio_text(size: dict[str, Any], baseline: str) -> str:
