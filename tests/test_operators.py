@@ -286,3 +286,19 @@ def test_column_and_factored_banks_round_trip(tmp_path, kind):
     feats, ops = torch.randn(2, 3, 8), torch.tensor([1, 4])
     assert torch.equal(bank.shift(feats, ops), again.shift(feats, ops))
     assert bank.shift(feats, ops).abs().sum() > 0
+
+
+def test_vocabulary_sized_operators_are_refused_above_the_guard_and_columns_pass():
+    from stride_assets.engine.config import StrideConfig
+    from stride_assets.engine.stride import MAX_DENSE_OUTPUTS, Stride
+
+    cfg = GPT2Config(vocab_size=MAX_DENSE_OUTPUTS + 1, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    site = make_site(GPT2LMHeadModel(cfg).eval(), "logit")
+    design = draw_design(12, 4, 2, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 50, (12, 8), generator=g), "attention_mask": torch.ones(12, 8, dtype=torch.long)}
+    dense = StrideConfig().with_(operators={"form": "logit", "rank": 2})
+    with pytest.raises(StrideConfigError, match="operators.columns"):
+        Stride(site, dense)._bank_for(design, batch)
+    bank = Stride(site, dense.with_(operators={"columns": 64}))._bank_for(design, batch)
+    assert bank.sparse and bank.A.shape[-1] <= 50  # at most the tokens the members predict
