@@ -186,6 +186,9 @@ class RecoveryConfig(_Strict):
     lambda_grid: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.7])
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="subsets held out to choose lambda (auto)")
     fit_intercept: bool = True
+    per_shard: bool = Field(
+        True, description="a block-diagonal (sharded) design is solved shard by shard, each shard's subsets with "
+        "their own intercept (cost linear in the shards); false: one joint Lasso with one intercept")
     max_iter: int = Field(2000, ge=1)
     tol: float = Field(1e-6, gt=0)
     n_jobs: int = Field(-1, description="parallel queries (joblib); -1 = all cores")

@@ -8,6 +8,19 @@ value at which the solution is all zeros, since query loss scales differ a lot. 
 scikit-learn's coordinate descent (parallel over queries) and a batched FISTA over all
 queries at once on the sparse M; both solve the same problem. ``solver: ridge`` replaces the L1
 penalty by an L2 one (dense influence, one shared solve), for when influence is not sparse.
+
+A pipeline design is block diagonal: each shard's subsets hold only that shard's examples and each
+shard has its own operator bank. With ``per_shard`` (the default) every block gets its own intercept
+b_s, which takes up the bank-wide offset of that shard's responses instead of spreading it over the
+shard's members, and the problem separates exactly into one Lasso per block:
+
+    1/(2K) sum_s ||y_s - b_s - M_s w_s||^2 + alpha ||w||_1
+      = sum_s K_s/K [ 1/(2K_s) ||y_s - b_s - M_s w_s||^2 + (alpha K/K_s) ||w_s||_1 ]
+
+so block s is solved alone with alpha_s = alpha K / K_s; alpha_max is the largest block's
+||M_s^T (y_s - mean y_s)||_inf / K. Each solve is one shard's size, so the cost is linear in the
+number of shards instead of growing with the whole design. One block (the harness's single design)
+is the joint problem itself.
 """
 
 from __future__ import annotations
@@ -34,10 +47,37 @@ class Recovery:
     nnz: np.ndarray  # non-zeros per query
 
 
-def alpha_max(M: sp.spmatrix, Y: np.ndarray) -> np.ndarray:
-    """Per-query smallest alpha with an all-zero Lasso solution (intercept fitted)."""
-    Yc = Y - Y.mean(axis=1, keepdims=True)
-    return np.abs(np.asarray(M.T @ Yc.T)).max(axis=0) / M.shape[0]
+def alpha_max(M: sp.spmatrix, Y: np.ndarray, blocks: list[tuple[slice, slice]] | None = None) -> np.ndarray:
+    """Per-query smallest alpha with an all-zero Lasso solution (intercept fitted; one per block if given)."""
+    parts = blocks or [(slice(0, M.shape[0]), slice(0, M.shape[1]))]
+    out = np.zeros(Y.shape[0])
+    for rows, cols in parts:
+        Yc = Y[:, rows] - Y[:, rows].mean(axis=1, keepdims=True)
+        out = np.maximum(out, np.abs(np.asarray(M[rows, cols].T @ Yc.T)).max(axis=0))
+    return out / M.shape[0]
+
+
+def diagonal_blocks(M: sp.csr_matrix) -> list[tuple[slice, slice]]:
+    """The (rows, columns) of each diagonal block of a block-diagonal design, in order.
+
+    Rows i.. start a new block where every earlier row's members lie left of every later row's;
+    columns in no subset between two blocks go to the earlier one. A design that is not block
+    diagonal is one block.
+    """
+    M = M.tocsr()
+    K, n = M.shape
+    counts = np.diff(M.indptr)
+    if K == 0 or (counts == 0).any():
+        return [(slice(0, K), slice(0, n))]
+    lo = np.minimum.reduceat(M.indices, M.indptr[:-1])
+    hi = np.maximum.reduceat(M.indices, M.indptr[:-1])
+    reach = np.maximum.accumulate(hi)[:-1]  # right-most member of rows 0..i
+    floor = np.minimum.accumulate(lo[::-1])[::-1][1:]  # left-most member of rows i+1..
+    cuts = np.flatnonzero(reach < floor) + 1
+    row_edges = [0, *cuts.tolist(), K]
+    col_edges = [0, *floor[cuts - 1].tolist(), n]
+    return [(slice(row_edges[i], row_edges[i + 1]), slice(col_edges[i], col_edges[i + 1]))
+            for i in range(len(row_edges) - 1)]
 
 
 def _lasso_sklearn(M: sp.csc_matrix, y: np.ndarray, alpha: float, cfg: RecoveryConfig) -> tuple[np.ndarray, float]:
@@ -120,6 +160,34 @@ def _solve(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConf
     return np.stack([w for w, _ in out]), np.array([b for _, b in out])
 
 
+def _fit(M: sp.csr_matrix, Y: np.ndarray, ratio: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (Q x n) and the fitted offsets (Q x K: each subset's intercept) for per-query ratios of
+    alpha_max; block by block when ``cfg.per_shard`` and the design is block diagonal."""
+    blocks = diagonal_blocks(M) if cfg.per_shard else [(slice(0, M.shape[0]), slice(0, M.shape[1]))]
+    alpha = ratio * alpha_max(M, Y, blocks)
+    if len(blocks) == 1:
+        W, b = _solve(M, Y, alpha, cfg)
+        return W, np.repeat(b[:, None], M.shape[0], axis=1)
+    W, offsets = np.zeros((Y.shape[0], M.shape[1])), np.zeros(Y.shape)
+    for rows, cols in blocks:
+        K_s = rows.stop - rows.start
+        W[:, cols], b = _solve(M[rows, cols].tocsr(), Y[:, rows], alpha * M.shape[0] / K_s, cfg)
+        offsets[:, rows] = b[:, None]
+    return W, offsets
+
+
+def _held_offsets(M: sp.csr_matrix, fit_offsets: np.ndarray, held: np.ndarray, cfg: RecoveryConfig) -> np.ndarray:
+    """Each held-out subset's intercept: the mean fitted intercept of its block's other subsets."""
+    blocks = diagonal_blocks(M) if cfg.per_shard else [(slice(0, M.shape[0]), slice(0, M.shape[1]))]
+    block = np.zeros(M.shape[0], dtype=np.int64)
+    for i, (rows, _) in enumerate(blocks):
+        block[rows] = i
+    fitted_block = block[~held]
+    means = np.stack([fit_offsets[:, fitted_block == i].mean(axis=1) if (fitted_block == i).any()
+                      else fit_offsets.mean(axis=1) for i in range(len(blocks))], axis=1)
+    return means[:, block[held]]
+
+
 def _choose_ratio(M: sp.csr_matrix, Y: np.ndarray, cfg: RecoveryConfig) -> np.ndarray:
     """Per query, the grid ratio with the smallest error on held-out subsets."""
     K = M.shape[0]
@@ -129,8 +197,8 @@ def _choose_ratio(M: sp.csr_matrix, Y: np.ndarray, cfg: RecoveryConfig) -> np.nd
     M_fit, M_held = M[~held], M[held]
     errors = []
     for ratio in cfg.lambda_grid:
-        W, b = _solve(M_fit, Y[:, ~held], ratio * alpha_max(M_fit, Y[:, ~held]), cfg)
-        pred = np.asarray(M_held @ W.T).T + b[:, None]
+        W, offsets = _fit(M_fit, Y[:, ~held], np.full(Y.shape[0], ratio), cfg)
+        pred = np.asarray(M_held @ W.T).T + _held_offsets(M, offsets, held, cfg)
         errors.append(((pred - Y[:, held]) ** 2).mean(axis=1))
     best = np.argmin(np.stack(errors), axis=0)
     return np.asarray(cfg.lambda_grid)[best]
@@ -148,14 +216,16 @@ def recover(Y: np.ndarray, membership: sp.csr_matrix, cfg: RecoveryConfig) -> Re
         ratio = _choose_ratio(M, Y, cfg)
     else:
         ratio = np.full(Y.shape[0], float(cfg.lambda_ratio))
-    alpha = ratio * alpha_max(M, Y)
     if cfg.solver == "ridge":
         if len(set(ratio.tolist())) > 1:
             raise StrideInputError("the ridge solver takes one lambda_ratio for all queries, not 'auto'")
+        alpha = ratio * alpha_max(M, Y)
         W, b = ridge(M, Y, float(ratio[0]))
+        offsets = b[:, None]
     else:
-        W, b = _solve(M, Y, alpha, cfg)
-    pred = np.asarray(M @ W.T).T + b[:, None]
+        alpha = ratio * alpha_max(M, Y, diagonal_blocks(M) if cfg.per_shard else None)
+        W, offsets = _fit(M, Y, ratio, cfg)
+    pred = np.asarray(M @ W.T).T + offsets
     ss_res = ((Y - pred) ** 2).sum(axis=1)
     ss_tot = ((Y - Y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     r2 = 1 - ss_res / np.maximum(ss_tot, 1e-30)
