@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    return commands.attribute(args.texts, top_k=args.top_k)
+    return commands.attribute(args.texts, top_k=args.top_k, tokens=args.tokens)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     attr = sub.add_parser("attribute", help="attribute new texts with the stored operators (no retraining)")
     attr.add_argument("texts", nargs="+", metavar="TEXT", help="query text(s)")
     attr.add_argument("--top-k", type=int, default=10, help="examples per query (default: 10)")
+    attr.add_argument("--tokens", type=int, nargs="?", const=3, default=0, metavar="N",
+                      help="also show the N query tokens each example helps most, with per-token scores that "
+                           "average to its score (default N: 3)")
     attr.add_argument("--store", metavar="DIR", help=store_help)
     attr.set_defaults(func=cmd_attribute)
 
@@ -160,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "top_k", 1) < 1:
         print("stride: error: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    if getattr(args, "tokens", 0) < 0:
+        print("stride: error: --tokens must be at least 1", file=sys.stderr)
         return 2
     _apply_common(args)
     try:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from stride_assets.engine.config import StrideConfig
     from stride_assets.engine.evaluation.report import TrackedRun
     from stride_assets.engine.evaluation.suites import BenchOptions
+    from stride_assets.engine.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIDE_DIR = REPO_ROOT / ".stride"
@@ -73,6 +75,14 @@ def tracking_uri() -> str:
     return default_tracking_uri()
 
 
+def report_paths(cfg: StrideConfig, store: Store) -> list[Path]:
+    """The HTML pages of a finished run that are in the store: one per query batch, then the curated outputs'."""
+    from stride_assets.engine.shards import batch_names
+
+    pages = [store.file("attribution_report", b) for b in batch_names(cfg)]
+    return [p for p in pages + [store.file("curation_page"), store.file("contamination_page")] if p.exists()]
+
+
 def run(only_changed: bool = False) -> int:
     """``stride run``: every layer job in order (or only what changed), with concise progress."""
     home = prepare_dagster_home()
@@ -118,6 +128,8 @@ def run(only_changed: bool = False) -> int:
         return 1
     print(f"\nstride run finished in {elapsed:.1f} s ({len(results)} Dagster runs)\n")
     print(pipeline.summary(cfg, store))
+    if reports := report_paths(cfg, store):
+        print("\nReports (self-contained HTML, open in a browser):\n" + "\n".join(f"  {p}" for p in reports))
     if untracked := store.untracked_runs():
         print(f"\n{len(untracked)} stage run(s) are UNTRACKED (MLflow was unreachable): `stride mlflow-sync` "
               "logs them once it is back")
@@ -129,8 +141,9 @@ def run(only_changed: bool = False) -> int:
     return 0
 
 
-def attribute(texts: Sequence[str], top_k: int = 10) -> int:
-    """``stride attribute``: the top examples of new texts, from the stored operators (no retraining)."""
+def attribute(texts: Sequence[str], top_k: int = 10, tokens: int = 0) -> int:
+    """``stride attribute``: the top examples of new texts, from the stored operators (no retraining);
+    with ``tokens``, also the ``tokens`` query tokens each example helps most."""
     root = storage_root()
     if not root.is_dir():
         raise CliError(f"no stride store at {root}: run `stride run` first (or pass --store DIR)")
@@ -139,12 +152,42 @@ def attribute(texts: Sequence[str], top_k: int = 10) -> int:
     from stride_assets.engine import pipeline
     from stride_assets.engine.store import Store
 
-    table = pipeline.attribute(list(texts), Store(root), top_k=top_k)
+    from stride_assets.engine.formats import parse_query_arg
+
+    queries = [parse_query_arg(t) for t in texts]
+    if tokens:
+        from stride_assets.engine.token_attribution import attribute_tokens
+
+        print_tokens(attribute_tokens(queries, Store(root), top_k=top_k), tokens)
+        return 0
+    table = pipeline.attribute(queries, Store(root), top_k=top_k)
     flat = [pl.col(c).str.replace_all(r"\s+", " ").str.slice(0, 60) for c in ("query", "text")]
     with pl.Config(tbl_rows=-1, fmt_str_lengths=60, tbl_width_chars=220, tbl_formatting="ASCII_MARKDOWN",
                    tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
         print(table.with_columns(flat))
     return 0
+
+
+def print_tokens(found, n: int) -> None:
+    """Each query's top examples, each with the query's ``n`` tokens it helps most [bracketed] and their scores."""
+    import polars as pl
+
+    from stride_assets.engine.token_attribution import bracketed
+
+    def flat(text: str, width: int = 70) -> str:
+        return " ".join(text.split())[:width]
+
+    for query in dict.fromkeys(found.top["query"].to_list()):
+        print(f"\nquery: {flat(query, 200)}")
+        for row in found.top.filter(pl.col("query") == query).iter_rows(named=True):
+            best = (found.tokens.filter((pl.col("query") == query) & (pl.col("rank") == row["rank"]))
+                    .sort("token_score", descending=True).head(n))
+            print(f"  #{row['rank']} {row['example_id']}  score {row['score']:.4g}  {flat(row['text'])!r}")
+            print(f"     helps most: {flat(bracketed(found.texts[query], best['position'].to_list()), 200)}")
+            print("     " + "  ".join(f"{t.strip() or repr(t)!s}: {v:+.3g}" for t, v in
+                                      zip(best["token"].to_list(), best["token_score"].to_list())))
+    if found.top.is_empty():
+        print("no example has a positive score on these queries")
 
 
 def mlflow_tracker(uri: str) -> Callable[[TrackedRun], str]:

@@ -47,8 +47,15 @@ def influence_model(cfg: StrideConfig, model):
                      include_head=ac.include_head, batch_size=ac.batch_size)
 
 
-def corpus_tokens(cfg: StrideConfig, tokenizer, texts: list[str]):
-    return lm.encode_batch(tokenizer, texts, cfg.model.max_length, resolve_device(cfg.attribution.device))
+def corpus_tokens(cfg: StrideConfig, tokenizer, rows: list[str] | pl.DataFrame | dict):
+    """Texts, or a corpus / query frame (instruction and chat rows: completion-only loss), as a token batch
+    (a token batch already, e.g. ``token_attribution``'s one-token queries: moved to the device)."""
+    device = resolve_device(cfg.attribution.device)
+    if isinstance(rows, dict):
+        return {k: v.to(device) for k, v in rows.items()}
+    if isinstance(rows, pl.DataFrame):
+        return lm.frame_batch(tokenizer, rows, cfg.model.max_length, device)
+    return lm.encode_batch(tokenizer, rows, cfg.model.max_length, device)
 
 
 def by_stride(cfg: StrideConfig, store: Store, batch: str) -> Attribution:
@@ -62,12 +69,13 @@ def by_stride(cfg: StrideConfig, store: Store, batch: str) -> Attribution:
                        stride.seconds["recover"])
 
 
-def ekfac_scores(cfg: StrideConfig, store: Store, texts: list[str], shards: list[str]) -> np.ndarray:
+def ekfac_scores(cfg: StrideConfig, store: Store, texts: list[str] | pl.DataFrame | dict,
+                 shards: list[str]) -> np.ndarray:
     """EK-FAC influence (len(texts), n) of the passages of ``shards`` on each text, with the stored factors."""
     train = store.read_train(shards)
     model, tokenizer = store.load_base_model()
     scores = influence_model(cfg, model).scores(corpus_tokens(cfg, tokenizer, texts),
-                                                corpus_tokens(cfg, tokenizer, train["text"].to_list()),
+                                                corpus_tokens(cfg, tokenizer, train),
                                                 store.require("factors"), damping=cfg.attribution.damping)
     if not np.isfinite(scores).all():
         raise StrideNumericalError("EK-FAC scores are not finite: set attribution.damping (e.g. 1e-3) instead of "
@@ -78,7 +86,7 @@ def ekfac_scores(cfg: StrideConfig, store: Store, texts: list[str], shards: list
 def by_ekfac(cfg: StrideConfig, store: Store, batch: str) -> Attribution:
     started = time.perf_counter()
     queries = store.read_queries(batch)
-    scores = ekfac_scores(cfg, store, queries["text"].to_list(), shards_mod.shard_names(cfg.corpus))
+    scores = ekfac_scores(cfg, store, queries, shards_mod.shard_names(cfg.corpus))
     return Attribution(sp.csr_matrix(scores), queries.select("query_id"), {"damping": cfg.attribution.damping or -1.0},
                        time.perf_counter() - started)
 
@@ -118,5 +126,5 @@ def fit_factors(cfg: StrideConfig, store: Store, into: Path) -> tuple[int, float
     started = time.perf_counter()
     train = store.read_train(shards_mod.shard_names(cfg.corpus))
     model, tokenizer = store.load_base_model()
-    influence_model(cfg, model).fit(corpus_tokens(cfg, tokenizer, train["text"].to_list()), into)
+    influence_model(cfg, model).fit(corpus_tokens(cfg, tokenizer, train), into)
     return train.height, time.perf_counter() - started

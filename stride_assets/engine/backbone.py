@@ -139,10 +139,10 @@ class _CausalLMSite:
         return captured[0].float()
 
     def example_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"])
+        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
 
     def kl(self, base_logits: torch.Tensor, steered_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return token_kl(base_logits, steered_logits, batch["attention_mask"])
+        return token_kl(base_logits, steered_logits, batch["attention_mask"], batch.get("loss_mask"))
 
 
 class ActivationSite(_CausalLMSite):

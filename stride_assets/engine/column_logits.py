@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from stride_assets.engine.backbone import Batch, LogitSite, Site
-from stride_assets.engine.losses import shift_targets
+from stride_assets.engine.losses import position_weights, shift_targets
 from stride_assets.engine.operators import OperatorBank
 
 
@@ -71,7 +71,7 @@ class ColumnLogits:
     def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
         delta, s, _, index, lse = self._parts(feats[:, :-1], rows, ops)
-        targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"])
+        targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
         w_y = self.weight[targets]  # (N, T-1, d)
         base_y = (feats[:, :-1].float() * w_y).sum(-1)
         if self.bias is not None:
@@ -85,5 +85,5 @@ class ColumnLogits:
         """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
         delta, s, p, _, _ = self._parts(feats, rows, ops)
         kl = delta - (p * s).sum(-1)
-        mask = batch["attention_mask"].to(kl.dtype)
+        mask = position_weights(batch["attention_mask"], batch.get("loss_mask")).to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)

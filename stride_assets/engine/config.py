@@ -22,7 +22,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CorpusConfig(_Strict):
+class FormatFields(_Strict):
+    """How a row becomes a scored text (``engine/formats.py``): plain ``text`` (every token scored), a
+    ``prompt_completion`` pair (the completion's tokens scored) or a chat ``messages`` list (the last
+    assistant message scored; rendered with the tokenizer's chat template where it has one)."""
+
+    format: Literal["text", "prompt_completion", "messages"] = "text"
+    prompt_column: str = Field("prompt", description="prompt_completion: the unscored prompt")
+    completion_column: str = Field("completion", description="prompt_completion: the scored completion")
+    messages_column: str = Field("messages", description="messages: a list of {role, content}")
+
+
+class CorpusConfig(FormatFields):
     """Where the training examples come from and how they are cut into passages."""
 
     source: Literal["pydoc", "files", "hf"] = "pydoc"
@@ -33,6 +44,11 @@ class CorpusConfig(_Strict):
     text_column: str = "text"
     id_column: str | None = Field(None, description="stable example ids; default: derived from content")
     chunk_chars: int = Field(400, ge=32, description="pack paragraphs into passages of about this many characters")
+    chunk_tokens: int | None = Field(
+        None, ge=2, description="cut each document (a table row, a text file, a pydoc topic) into windows of this "
+        "many tokens, each one example mapped to its document (engine/token_windows.py); None: passages as above, "
+        "each read up to model.max_length tokens")
+    chunk_overlap: int = Field(0, ge=0, description="tokens shared by neighbouring windows (< chunk_tokens)")
     min_chars: int = Field(32, ge=1, description="drop passages shorter than this")
     max_examples: int | None = Field(None, ge=1)
     holdout_fraction: float = Field(0.08, ge=0.0, lt=0.9, description="passages held out as query candidates")
@@ -41,12 +57,31 @@ class CorpusConfig(_Strict):
         "with source 'files' every file is a shard (a directory in paths: each of its files)")
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check_windows(self) -> "CorpusConfig":
+        if self.chunk_tokens is not None and not self.chunk_overlap < self.chunk_tokens:
+            raise ValueError(f"corpus.chunk_overlap={self.chunk_overlap} must be smaller than "
+                             f"corpus.chunk_tokens={self.chunk_tokens} (neighbouring windows would not advance)")
+        if self.chunk_tokens is not None and getattr(self, "format", "text") != "text":
+            raise ValueError(f"corpus.chunk_tokens cuts plain-text documents into windows; corpus.format="
+                             f"{self.format!r} rows keep their prompt/completion structure: unset chunk_tokens")
+        return self
 
-class QueryConfig(_Strict):
-    """The query set: held-out passages, fixed prompts, and optionally a user file."""
+    @model_validator(mode="after")
+    def _check_format(self) -> "CorpusConfig":
+        if self.chunk_tokens is not None and self.format != "text":
+            raise ValueError(f"corpus.chunk_tokens cuts plain text into windows; corpus.format {self.format!r} rows "
+                             "are examples of their own (unset chunk_tokens)")
+        return self
+
+
+class QueryConfig(FormatFields):
+    """The query set: held-out passages, fixed prompts, and optionally a user file (read in ``format``).
+
+    A prompt is a string (every token scored), a ``{prompt, completion}`` or a ``{messages}`` mapping."""
 
     n_holdout: int = Field(100, ge=0, description="held-out passages used as queries")
-    prompts: list[str] = Field(
+    prompts: list[str | dict[str, Any]] = Field(
         default_factory=lambda: [
             "The with statement is used to wrap the execution of a block with methods defined by a context manager.",
             "A lambda expression yields an anonymous function object.",
@@ -273,6 +308,13 @@ class StrideConfig(_Strict):
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @model_validator(mode="after")
+    def _check_window_length(self) -> "StrideConfig":
+        if self.corpus.chunk_tokens is not None and self.corpus.chunk_tokens > self.model.max_length:
+            raise ValueError(f"corpus.chunk_tokens={self.corpus.chunk_tokens} exceeds model.max_length="
+                             f"{self.model.max_length}: every window would be truncated")
+        return self
 
     def with_(self, **sections: dict[str, Any]) -> "StrideConfig":
         """A copy with some fields of some sections replaced, e.g. ``with_(design={"K": 128})``."""

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from stride_assets.engine.errors import StrideInputError
+from stride_assets.engine.result import escape_markdown
 
 _WORD = re.compile(r"\w+")
 
@@ -140,9 +141,35 @@ def audit_markdown(leaks: pl.DataFrame, top: int = 20) -> str:
     for r in leaks.sort(["overlap", "score"], descending=True).head(top).iter_rows(named=True):
         shared = r["shared"] if len(r["shared"]) <= 60 else r["shared"][:57] + "..."
         lines.append(f"| {r['query_id']} | {r['example_id']} | {r['rank']} | {r['score']:.4g} | {r['z']:.1f} | "
-                     f"{r['overlap']:.0%} | {shared.replace('|', '/')} |")
+                     f"{r['overlap']:.0%} | {escape_markdown(shared)} |")
     if leaks.height > top:
         lines += ["", f"... and {leaks.height - top} more (see the parquet file)."]
+    return "\n".join(lines)
+
+
+def leaks_by_document(leaks: pl.DataFrame) -> pl.DataFrame:
+    """``audit``'s flags (with a ``doc_id`` column: ``documents.with_doc_id``) per (query, document): the
+    document's flagged ``chunks``, their ``example_ids``, the best ``rank``, the largest ``overlap`` and
+    the summed ``score``; a long document leaking through several windows is one row."""
+    _require_columns(leaks, ("query_id", "example_id", "doc_id", "rank", "score", "overlap"), "leaks")
+    return (
+        leaks.group_by("query_id", "doc_id")
+        .agg(pl.len().cast(pl.Int64).alias("chunks"), pl.col("example_id").sort().alias("example_ids"),
+             pl.col("rank").min().alias("rank"), pl.col("overlap").max().alias("overlap"),
+             pl.col("score").sum().alias("score"))
+        .sort(["query_id", "rank", "doc_id"])
+    )
+
+
+def documents_markdown(by_doc: pl.DataFrame, top: int = 20) -> str:
+    """A markdown section of ``leaks_by_document``: the ``top`` (query, document) pairs by overlap."""
+    if by_doc.is_empty():
+        return ""
+    lines = ["## Per document", "", f"{by_doc.height} (query, document) pairs over "
+             f"{by_doc['doc_id'].n_unique()} documents.", "", "| query | document | chunks | best rank | overlap |",
+             "|---|---|---|---|---|"]
+    for r in by_doc.sort(["overlap", "score"], descending=True).head(top).iter_rows(named=True):
+        lines.append(f"| {r['query_id']} | {r['doc_id']} | {r['chunks']} | {r['rank']} | {r['overlap']:.0%} |")
     return "\n".join(lines)
 
 

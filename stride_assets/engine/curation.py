@@ -5,7 +5,8 @@ Dropped (harmful): examples whose influence summed over the query set is strongl
 below median - z * robust std (1.4826 * MAD) of the sums, below zero, and negative for at least
 ``min_negative_queries`` queries, whatever their top-k status. (A mean - z * std floor drops
 nothing on real scores: their long positive tail inflates the std.)
-Every row carries its scores and the reason for the decision.
+Every row carries its scores, its document (``doc_id``: ``engine/documents.py``) and the reason for
+the decision.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import polars as pl
 
 from stride_assets.engine.config import CurationConfig
+from stride_assets.engine.documents import with_doc_id
 
 
 def curate(scores: pl.DataFrame, corpus: pl.DataFrame, cfg: CurationConfig) -> pl.DataFrame:
-    """``scores``: query_id, example_id, score (non-zeros). ``corpus``: example_id, text.
+    """``scores``: query_id, example_id, score (non-zeros). ``corpus``: example_id, text (and doc_id
+    when windowed).
 
-    Returns one row per example that was kept or dropped: example_id, text, decision
+    Returns one row per example that was kept or dropped: example_id, doc_id, text, decision
     ("keep"/"drop"), reason, score_sum, score_max, n_queries_positive, top_queries.
     """
     ranked = scores.filter(pl.col("score") > cfg.min_score).with_columns(
@@ -58,8 +61,8 @@ def curate(scores: pl.DataFrame, corpus: pl.DataFrame, cfg: CurationConfig) -> p
         .drop("harmful")
     )
     return (
-        decided.join(corpus.select("example_id", "text"), on="example_id", how="left")
-        .select("example_id", "text", "decision", "reason", "score_sum", "score_max", "n_queries_positive",
+        with_doc_id(decided.join(corpus.select("example_id", "text"), on="example_id", how="left"), corpus)
+        .select("example_id", "doc_id", "text", "decision", "reason", "score_sum", "score_max", "n_queries_positive",
                 "n_queries_negative", "top_queries")
         .sort(["decision", "score_sum"], descending=[True, True])
     )

@@ -41,6 +41,7 @@ from torch import nn
 
 from stride_assets.engine.backbone import Batch, BatchRows
 from stride_assets.engine.errors import StrideConfigError
+from stride_assets.engine.losses import shift_targets
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 FACTORS_NAME = "factors"
@@ -55,12 +56,13 @@ def _cropped(batch: Batch) -> Batch:
 
 
 def lm_objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next-token prediction: logits (N, T-1, V), targets (N, T-1), weights (padding mask)."""
+    """Next-token prediction: logits (N, T-1, V), targets (N, T-1), weights (padding mask; with a
+    ``loss_mask``, only the scored completion tokens)."""
     batch = _cropped(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-    weights = (mask[:, 1:] * mask[:, :-1]).to(logits.dtype)
-    return logits, ids[:, 1:], weights
+    targets, weights = shift_targets(ids, mask, batch.get("loss_mask"))
+    return logits, targets, weights.to(logits.dtype)
 
 
 def classifier_objective(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ from transformers.utils import logging as _hf_logging
 from stride_assets.engine.artifacts import atomic_dir
 from stride_assets.engine.config import TinyModelConfig
 from stride_assets.engine.errors import StrideConfigError, StrideInputError
+from stride_assets.engine.formats import scored_texts
 from stride_assets.engine.losses import check_finite, sequence_nll, token_nll
 
 _hf_logging.disable_progress_bar()  # per-shard progress bars only clutter pipeline logs
@@ -99,30 +100,67 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Ten
 
     Every text must give at least 2 tokens (one next-token target).
     """
+    batch = _tokenize(tokenizer, texts, max_length, offsets=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int, offsets: bool) -> dict[str, torch.Tensor]:
     if not texts:
         raise StrideInputError("cannot encode zero texts")
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise StrideInputError(f"text {bad} is {type(texts[bad]).__name__}, not a string")
+    if offsets and not getattr(tokenizer, "is_fast", False):
+        raise StrideInputError(f"completion-only loss needs a fast tokenizer (offset mapping); "
+                               f"{type(tokenizer).__name__} is not one")
     batch = tokenizer(
         list(texts), padding="longest", truncation=True, max_length=max_length,
-        padding_side="right", return_tensors="pt",
+        padding_side="right", return_tensors="pt", return_offsets_mapping=offsets,
     )
-    ids, mask = batch["input_ids"].long(), batch["attention_mask"].long()
-    short = (mask.sum(1) < 2).nonzero().flatten()
+    out = {k: v.long() for k, v in batch.items() if k in ("input_ids", "attention_mask", "offset_mapping")}
+    short = (out["attention_mask"].sum(1) < 2).nonzero().flatten()
     if len(short):
         i = int(short[0])
         raise StrideInputError(
             f"{len(short)} text(s) encode to fewer than 2 tokens (no next-token target), e.g. text {i}: {texts[i][:60]!r}"
         )
-    return ids, mask
+    return out
 
 
-def encode_batch(tokenizer: Any, texts: list[str], max_length: int, device: str | None = None) -> dict[str, torch.Tensor]:
-    """``encode`` as the batch dict the sites take (``input_ids``, ``attention_mask``), on ``device``."""
-    ids, mask = encode(tokenizer, texts, max_length)
-    batch = {"input_ids": ids, "attention_mask": mask}
+def encode_batch(tokenizer: Any, texts: list[str], max_length: int, device: str | None = None,
+                 starts: list[int] | None = None, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``encode`` as the batch dict the sites take (``input_ids``, ``attention_mask``), on ``device``.
+
+    With ``starts`` (each text's completion start, a character offset; ``formats``) the batch also
+    carries ``loss_mask`` (N, T): 1 on the tokens that overlap the completion, which every loss then
+    scores alone. A row whose completion ``max_length`` truncates away is an error naming it
+    (``names[i]``, else its index).
+    """
+    if starts is not None and len(starts) != len(texts):
+        raise StrideInputError(f"{len(starts)} completion starts for {len(texts)} texts")
+    batch = _tokenize(tokenizer, texts, max_length, offsets=starts is not None)
+    if starts is not None:
+        ends = batch.pop("offset_mapping")[..., 1]
+        start = torch.as_tensor(starts, dtype=torch.long).unsqueeze(1)
+        batch["loss_mask"] = batch["attention_mask"] * ((ends > start) | (start <= 0)).long()
+        empty = (batch["loss_mask"][:, 1:].sum(1) == 0).nonzero().flatten()
+        if len(empty):
+            i = int(empty[0])
+            name = names[i] if names is not None else f"text {i}"
+            raise StrideInputError(
+                f"{len(empty)} row(s) have no completion token left after truncation to model.max_length="
+                f"{max_length} tokens, e.g. {name}: its prompt fills them all; raise model.max_length or shorten the "
+                "prompt")
     return batch if device is None else {k: v.to(device) for k, v in batch.items()}
+
+
+def frame_batch(tokenizer: Any, frame: Any, max_length: int, device: str | None = None) -> dict[str, torch.Tensor]:
+    """``encode_batch`` of a corpus or query frame: its ``text`` and, for instruction and chat rows,
+    ``completion_start`` (chat rows rendered by the tokenizer's template if it has one; ``formats``)."""
+    texts, starts = scored_texts(frame, tokenizer)
+    id_col = next((c for c in ("example_id", "query_id") if c in frame.columns), None)
+    names = None if id_col is None else [f"row {v!r}" for v in frame[id_col].to_list()]
+    return encode_batch(tokenizer, texts, max_length, device, starts=starts, names=names)
 
 
 def _freeze(model: PreTrainedModel) -> PreTrainedModel:
@@ -154,6 +192,7 @@ def train_lm(
     log_every: int = 50,
     log: Callable[[str], Any] = print,
     on_step: Callable[[int, float], Any] | None = None,
+    loss_mask: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Fit ``model`` to next-token prediction on the examples; return the loss curve.
 
@@ -162,7 +201,8 @@ def train_lm(
     norms); gradients are clipped to norm 1. The curve holds ``{"step", "loss"}`` at step 0, every
     ``log_every`` steps and the last step. The model ends frozen (eval mode, no grads) on ``device``.
     ``on_step(step, lr)``, if given, runs after every optimizer step with the learning rate that step
-    used (e.g. to keep checkpoints for TracIn).
+    used (e.g. to keep checkpoints for TracIn). ``loss_mask`` (N, T), if given, restricts the loss to
+    the scored (completion) tokens (``encode_batch`` with completion starts).
     """
     if steps < 1 or batch_size < 1 or log_every < 1:
         raise StrideConfigError(f"steps, batch_size and log_every must be >= 1 (got {steps}, {batch_size}, {log_every})")
@@ -185,8 +225,9 @@ def train_lm(
         mask = attention_mask[idx]
         width = int(mask.sum(1).max())  # crop the batch to its longest example
         ids, mask = input_ids[idx, :width].to(device), mask[:, :width].to(device)
+        scored = None if loss_mask is None else loss_mask[idx, :width].to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits
-        nll, weights = token_nll(logits, ids, mask)
+        nll, weights = token_nll(logits, ids, mask, scored)
         loss = check_finite(nll.sum() / weights.sum().clamp_min(1.0), f"base-model training loss at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,16 +247,18 @@ def train_lm(
 @torch.no_grad()
 def example_losses(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, batch_size: int = 64,
-    device: str = "cpu",
+    device: str = "cpu", loss_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean next-token NLL of each example, shape (N,), float32 on the CPU (moves ``model`` to ``device``)."""
+    """Mean next-token NLL of each example (over its ``loss_mask`` tokens if given), shape (N,), float32 on
+    the CPU (moves ``model`` to ``device``)."""
     model.to(device)
     out = []
     for i in range(0, input_ids.shape[0], batch_size):
         mask = attention_mask[i : i + batch_size]
         width = int(mask.sum(1).max())
         ids, mask = input_ids[i : i + batch_size, :width].to(device), mask[:, :width].to(device)
-        out.append(sequence_nll(model(input_ids=ids, attention_mask=mask).logits, ids, mask).float().cpu())
+        scored = None if loss_mask is None else loss_mask[i : i + batch_size, :width].to(device)
+        out.append(sequence_nll(model(input_ids=ids, attention_mask=mask).logits, ids, mask, scored).float().cpu())
     return torch.cat(out)
 
 

@@ -14,6 +14,7 @@ from stride_assets.engine import budget as budget_mod
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm
 from stride_assets.engine import shards as shards_mod
+from stride_assets.engine import token_windows
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.design import shard_K, validate_design
 from stride_assets.engine.errors import StrideInputError
@@ -49,7 +50,11 @@ def preflight(cfg: StrideConfig, store_root: str | os.PathLike[str] | None = Non
     sizes: dict[str, int] = {}
     held_out = 0
     owner: dict[str, str] = {}
-    for shard, passages in shards_mod.load_shards(cfg.corpus).items():
+    from stride_assets.engine.store import Store
+
+    windows = token_windows.cutter(cfg, Store(store_root) if store_root is not None else None, persist=False)
+    for shard, documents in shards_mod.load_shards(cfg.corpus).items():
+        passages = windows(documents)  # with corpus.chunk_tokens: the shard's examples are its windows
         for eid in passages["example_id"].to_list():
             if eid in owner:
                 raise StrideInputError(f"example id {eid!r} is in shard {owner[eid]!r} and in shard {shard!r}: "

@@ -30,6 +30,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "args": ("", "args.json"),
     "train": ("training_corpus", "train.parquet"),
     "holdout": ("training_corpus", "holdout.parquet"),
+    "window_tokenizer": ("window_tokenizer", "tokenizer"),  # the tiny default's tokenizer of corpus.chunk_tokens
     "queries": ("query_set", "queries.parquet"),
     "model_ref": ("base_model", "model_ref.json"),
     "model": ("base_model", "model"),
@@ -44,12 +45,18 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "scores": ("influence_scores", "scores.parquet"),
     "top_k": ("influence_scores", "top_k.parquet"),
     "per_query": ("influence_scores", "per_query.parquet"),
+    "doc_scores": ("influence_scores", "doc_scores.parquet"),  # per (query, document): sum and max over its chunks
     "scores_plot": ("influence_scores", "scores.png"),
     "kept_vs_dropped_plot": ("curated_dataset", "kept_vs_dropped.png"),
+    "curated_documents": ("curated_dataset", "documents.parquet"),  # per document: chunks kept and dropped
     "selected_vs_not_plot": ("selected_dataset", "selected_vs_not.png"),
     "leaks": ("contamination_report", "leaks.parquet"),
     "leaks_summary": ("contamination_report", "summary.md"),
+    "leak_documents": ("contamination_report", "leak_documents.parquet"),  # leaks per (query, document)
     "overlap_plot": ("contamination_report", "overlap.png"),
+    "attribution_report": ("attribution_report", "report.html"),  # one page per query batch
+    "curation_page": ("curation_report", "curated.html"),
+    "contamination_page": ("curation_report", "contamination.html"),
     "eval_subsets": ("eval_subsets", "eval_subsets.parquet"),
     "retrained_losses": ("retrained_losses", "{key}.parquet"),  # one file per retrain
     "lds": ("lds_report", "lds.parquet"),
@@ -244,6 +251,10 @@ class Store:
     def read_scores(self, batches: list[str], artifact: str = "scores") -> pl.DataFrame:
         """The influence scores (``artifact="top_k"``: the top-k tables) of the query batches, stacked."""
         return pl.concat([pl.read_parquet(self.verify(self.require(artifact, b))) for b in batches])
+
+    def read_doc_scores(self, batches: list[str]) -> pl.DataFrame:
+        """Per-document influence of the query batches, stacked: query_id, doc_id, score_sum, score_max, chunks."""
+        return self.read_scores(batches, "doc_scores")
 
     def scored_inputs(self, batches: list[str], shards: list[str]) -> list[Path]:
         """The files a curated output is derived from: the batches' scores and the shards' passages."""

@@ -68,7 +68,7 @@ def check_dense_size(site: Site, oc) -> None:
 def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Each example's target outputs and their mask: next tokens of an LM batch, the label of a classifier's."""
     if "input_ids" in batch:
-        return shift_targets(batch["input_ids"], batch["attention_mask"])
+        return shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
     y = batch["y"].reshape(-1, 1)
     return y, torch.ones_like(y)
 

@@ -80,6 +80,8 @@ class LMTask:
     fine-tuning variant), never on queries, and every text is encoded once to at most
     ``max_length`` tokens: ``recipe.vocab_size`` and ``max_length`` are fixed at construction;
     ``self.recipe`` may be replaced afterwards (``model_copy``) to change the other fields.
+    ``completion_starts`` ({split: character offsets}, ``engine/formats.py``) makes every loss of those
+    splits (training, query losses, the harness's views) score only each text's completion.
     """
 
     kind = "lm"
@@ -98,6 +100,7 @@ class LMTask:
         pretrain_recipe: TinyModelConfig | None = None,
         device: str = "cpu",
         log: Log = _quiet,
+        completion_starts: dict[str, list[int]] | None = None,
     ):
         if set(query_texts) != set(SPLITS):
             raise StrideInputError(f"query_texts must have exactly the splits {SPLITS}, got {sorted(query_texts)}")
@@ -115,16 +118,20 @@ class LMTask:
             if len(ids) != len(texts) or not texts:
                 raise StrideInputError(f"{split}: {len(texts)} texts and {len(ids)} ids (need as many, at least one)")
         self.tokenizer = lm.train_tokenizer(self._texts["train"] + list(pretrain_texts or []), self.recipe.vocab_size)
-        self._data: dict[str, Batch] = {split: self._encode(texts) for split, texts in self._texts.items()}
+        starts = completion_starts or {}
+        self._data: dict[str, Batch] = {split: self._encode(texts, starts.get(split))
+                                        for split, texts in self._texts.items()}
         self._base_state: dict[str, torch.Tensor] | None = None
         if pretrain_texts:
             base = self._fit(self.new_model(0), self._encode(list(pretrain_texts)), pretrain_recipe or self.recipe,
                              seed=0)  # a fresh model: there is no base state yet
             self._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
-    def _encode(self, texts: list[str]) -> Batch:
-        ids, mask = lm.encode(self.tokenizer, texts, self.max_length)
-        return {"input_ids": ids, "attention_mask": mask}
+    def _encode(self, texts: list[str], starts: list[int] | None = None) -> Batch:
+        """Token batch of ``texts``; with completion ``starts`` (instruction and chat rows) a ``loss_mask``."""
+        if starts is not None and not any(starts):
+            starts = None
+        return lm.encode_batch(self.tokenizer, texts, self.max_length, starts=starts)
 
     @property
     def n(self) -> int:
@@ -180,7 +187,7 @@ class LMTask:
         lm.train_lm(
             model, batch["input_ids"], batch["attention_mask"], steps=steps, batch_size=recipe.batch_size,
             lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed, device=self.device,
-            log_every=max(1, steps // 4), log=self.log, on_step=on_step,
+            log_every=max(1, steps // 4), log=self.log, on_step=on_step, loss_mask=batch.get("loss_mask"),
         )
         return model
 
@@ -230,14 +237,15 @@ class LMTask:
     def query_losses(self, model: nn.Module, split: str = "test") -> np.ndarray:
         """Mean next-token NLL (Q,) of each query, float64."""
         batch = self.query_batch(split)
-        losses = lm.example_losses(model, batch["input_ids"], batch["attention_mask"], device=str(_device_of(model)))
+        losses = lm.example_losses(model, batch["input_ids"], batch["attention_mask"], device=str(_device_of(model)),
+                                   loss_mask=batch.get("loss_mask"))
         return losses.double().numpy()
 
     def example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Mean next-token NLL (N,) per sequence; differentiable."""
         batch = _crop(batch, _device_of(model))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"])
+        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
 
     def functional_loss(self, model: nn.Module) -> Callable[[dict[str, torch.Tensor], Batch], torch.Tensor]:
         """f(params, batch) -> mean over sequences of their mean next-token NLL, for ``torch.func``.
@@ -249,12 +257,13 @@ class LMTask:
         """
 
         def loss(params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-            ids, mask = batch["input_ids"], batch["attention_mask"]
+            ids, mask, scored = batch["input_ids"], batch["attention_mask"], batch.get("loss_mask")
             if ids.dim() == 1:
                 ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+                scored = None if scored is None else scored.unsqueeze(0)
             ones = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
             logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": ones, "use_cache": False})
-            return sequence_nll(logits.logits, ids, mask).mean()
+            return sequence_nll(logits.logits, ids, mask, scored).mean()
 
         return loss
 

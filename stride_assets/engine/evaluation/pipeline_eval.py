@@ -51,9 +51,13 @@ def _task(cfg: StrideConfig, store: Store) -> LMTask:
     train = store.read_train(shards_mod.shard_names(cfg.corpus))
     queries = store.read_queries(shards_mod.batch_names(cfg))
     texts, ids = queries["text"].to_list(), queries["query_id"].to_list()
+    starts = {split: frame["completion_start"].to_list() for split, frame in (("train", train), ("test", queries))
+              if "completion_start" in frame.columns}  # instruction and chat rows: the completion is scored
+    if "test" in starts:
+        starts["val"] = starts["test"][:1]
     return LMTask(train["text"].to_list(), {"val": texts[:1], "test": texts}, cfg.model.tiny,
                   max_length=cfg.model.max_length, name="pipeline", example_ids=train["example_id"].to_list(),
-                  query_ids={"val": ids[:1], "test": ids})
+                  query_ids={"val": ids[:1], "test": ids}, completion_starts=starts)
 
 
 def eval_subsets(run: EvaluationRun, store: Store, log: Log) -> StageResult:
@@ -177,8 +181,8 @@ EVALUATION_STAGES: tuple[StageSpec, ...] = (
               configure=EvaluationRun.from_profile),
     StageSpec("retrained_losses", retrained_losses, upstream=("eval_subsets", "base_model", "query_set"),
               keys=("retrain",), sections=("pipeline.model", "pipeline.corpus"),
-              modules=("evaluation.lm_task", "evaluation.task", "lm", "losses", "backbone"), group="evaluation",
-              kinds=("pytorch", "parquet"), configure=EvaluationRun.from_profile),
+              modules=("evaluation.lm_task", "evaluation.task", "lm", "losses", "backbone", "formats"),
+              group="evaluation", kinds=("pytorch", "parquet"), configure=EvaluationRun.from_profile),
     StageSpec("lds_report", lds_report, upstream=("retrained_losses", "influence_scores"),
               sections=("evaluation", "pipeline.attribution"),
               modules=("evaluation.lds", "evaluation.methods", "evaluation.methods.base", "evaluation.methods.gradients",

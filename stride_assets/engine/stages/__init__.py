@@ -5,6 +5,7 @@
     query_set[batch] ----------------------------------------------------------------/        |
     influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
     curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
+    attribution_report[batch], curation_report   (HTML pages of the scores and of the curated outputs)
 
 That is ``attribution.method: stride``. With ``ekfac`` the STRIDE stages (subset_design,
 steering_operators, perturbation_matrix) leave the graph and ``influence_factors`` (Kronfluence's
@@ -25,9 +26,11 @@ from __future__ import annotations
 from stride_assets.engine import checks, registry
 from stride_assets.engine.registry import StageSpec
 from stride_assets.engine.stages import (
+    attribution_report,
     base_model,
     contamination_report,
     curated_dataset,
+    curation_report,
     influence_factors,
     influence_scores,
     perturbation_matrix,
@@ -45,13 +48,13 @@ _INFLUENCE = dict(keys=("batch",), group="attribution", kinds=("scikitlearn", "p
 
 ALL_STAGES: tuple[StageSpec, ...] = (
     StageSpec("base_model", base_model.run,
-              sections=("corpus", "model"), modules=("corpus", "shards", "lm", "losses"),
+              sections=("corpus", "model"), modules=("corpus", "shards", "lm", "losses", "token_windows", "formats"),
               group="model", kinds=("pytorch", "transformers"), job="model"),
     StageSpec("training_corpus", training_corpus.run, keys=("shard",), reads_source=True,
-              sections=("corpus",), modules=("corpus", "shards", "preflight"),
+              sections=("corpus",), modules=("corpus", "shards", "preflight", "token_windows", "formats"),
               group="data", kinds=("polars", "parquet"), job="shard"),
     StageSpec("query_set", query_set.run, keys=("batch",), reads_source=True,
-              sections=("corpus", "queries"), modules=("corpus", "shards"),
+              sections=("corpus", "queries"), modules=("corpus", "shards", "formats"),
               group="data", kinds=("polars", "parquet"), job="queries"),
     StageSpec("subset_design", subset_design.run, upstream=("training_corpus",), keys=("shard",),
               sections=("design",), modules=("design", "shards"),
@@ -59,32 +62,34 @@ ALL_STAGES: tuple[StageSpec, ...] = (
     StageSpec("steering_operators", steering_operators.run,
               upstream=("base_model", "subset_design", "training_corpus"), keys=("shard",),
               sections=("operators", "training", "model"),
-              modules=("stride", "backbone", "operators", "training", "measure", "losses", "shards", "lm"),
+              modules=("stride", "backbone", "operators", "training", "measure", "losses", "shards", "lm", "formats"),
               group="attribution", kinds=("pytorch", "safetensors"), job="shard", methods=STRIDE_ONLY,
               checks=(checks.operators_not_collapsed, checks.operators_favour_members)),
     StageSpec("perturbation_matrix", perturbation_matrix.run,
               upstream=("query_set", "steering_operators", "base_model"), keys=("shard", "batch"),
-              sections=("measure", "model"), modules=("stride", "backbone", "operators", "measure", "losses", "lm"),
+              sections=("measure", "model"), modules=("stride", "backbone", "operators", "measure", "losses", "lm",
+                                                       "formats"),
               group="attribution", kinds=("pytorch", "parquet"), eager=True, job="measure", methods=STRIDE_ONLY),
     StageSpec("influence_factors", influence_factors.run, upstream=("base_model", "training_corpus"),
-              sections=("attribution", "model"), modules=("attribution", "ekfac", "lm", "shards"),
+              sections=("attribution", "model"), modules=("attribution", "ekfac", "lm", "shards", "formats"),
               group="attribution", kinds=("pytorch", "safetensors"), eager=True, job="factors", methods=EKFAC_ONLY),
     # one stage, three wirings: what influence_scores reads depends on the method
     StageSpec("influence_scores", influence_scores.run,
               upstream=("perturbation_matrix", "subset_design", "training_corpus"), methods=("stride",),
               triggers=("perturbation_matrix",),  # a changed shard is re-measured first: its block triggers
-              sections=("recovery",), modules=("stride", "recovery", "attribution"), **_INFLUENCE),
+              sections=("recovery",), modules=("stride", "recovery", "attribution", "documents"), **_INFLUENCE),
     StageSpec("influence_scores", influence_scores.run,
               upstream=("influence_factors", "query_set", "training_corpus", "base_model"), methods=("ekfac",),
               triggers=("influence_factors", "query_set"), sections=("attribution", "model"),
-              modules=("attribution", "ekfac", "lm"), **_INFLUENCE),
+              modules=("attribution", "ekfac", "lm", "documents", "formats"), **_INFLUENCE),
     StageSpec("influence_scores", influence_scores.run,
               upstream=("perturbation_matrix", "subset_design", "training_corpus", "influence_factors"),
               methods=("ensemble",), triggers=("perturbation_matrix", "influence_factors"),
-              sections=("recovery", "attribution", "model"), modules=("stride", "recovery", "attribution", "ekfac", "lm"),
+              sections=("recovery", "attribution", "model"),
+              modules=("stride", "recovery", "attribution", "ekfac", "lm", "documents", "formats"),
               **_INFLUENCE),
     StageSpec("curated_dataset", curated_dataset.run, upstream=("influence_scores", "training_corpus"),
-              sections=("curation",), modules=("curation", "datasets_out", "stages._derived"),
+              sections=("curation",), modules=("curation", "documents", "datasets_out", "stages._derived"),
               group="curation", kinds=("polars", "parquet"), eager=True, triggers=("influence_scores",),
               job="curation",
               checks=(checks.curated_dataset_not_empty,)),
@@ -94,8 +99,18 @@ ALL_STAGES: tuple[StageSpec, ...] = (
               job="curation"),
     StageSpec("contamination_report", contamination_report.run,
               upstream=("influence_scores", "training_corpus", "query_set"),
-              sections=("contamination",), modules=("contamination",),
+              sections=("contamination",), modules=("contamination", "documents"),
               group="curation", kinds=("polars", "parquet"), eager=True, triggers=("influence_scores",),
+              job="curation"),
+    # pages people can read, rebuilt in the same jobs as what they show
+    StageSpec("attribution_report", attribution_report.run,
+              upstream=("influence_scores", "query_set", "training_corpus"), keys=("batch",),
+              modules=("html_report", "html_page", "contamination"), group="reports", kinds=("html",), eager=True,
+              triggers=("influence_scores",), job="recovery"),
+    StageSpec("curation_report", curation_report.run,
+              upstream=("curated_dataset", "contamination_report", "query_set", "training_corpus"),
+              sections=("contamination.ngram",), modules=("html_report", "html_page", "contamination"),
+              group="reports", kinds=("html",), eager=True, triggers=("curated_dataset", "contamination_report"),
               job="curation"),
 )
 

@@ -11,6 +11,7 @@ import polars as pl
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm, plots
 from stride_assets.engine import shards as shards_mod
+from stride_assets.engine import token_windows
 from stride_assets.engine.artifacts import file_digest, write_json
 from stride_assets.engine.config import StrideConfig, resolve_device
 from stride_assets.engine.result import StageResult
@@ -27,18 +28,19 @@ def _local_weights(path: str) -> list[Path]:
 def run(cfg: StrideConfig, store: Store, log: Callable[[str], None]) -> StageResult:
     """The frozen model: a user's transformers model, or a small GPT-2 trained here on the corpus."""
     mc = cfg.model
-    passages = pl.concat(list(shards_mod.load_shards(cfg.corpus).values()))
+    passages = token_windows.windows_of(cfg, store, pl.concat(list(shards_mod.load_shards(cfg.corpus).values())))
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     curve: list[tuple[int, float]] = []
     start = time.perf_counter()
     if mc.path is None:
-        tokenizer = lm.train_tokenizer(train["text"].to_list(), mc.tiny.vocab_size)
+        tokenizer = (lm.train_tokenizer(train["text"].to_list(), mc.tiny.vocab_size) if cfg.corpus.chunk_tokens is None
+                     else token_windows.tokenizer_for(cfg, store))  # the windows' tokenizer: the same token counts
         model = lm.build_tiny_gpt2(tokenizer, mc.tiny, mc.max_length)
-        batch = lm.encode_batch(tokenizer, train["text"].to_list(), mc.max_length)
+        batch = lm.frame_batch(tokenizer, train, mc.max_length)
         rows = lm.train_lm(
             model, batch["input_ids"], batch["attention_mask"], steps=mc.tiny.steps_for(train.height),
             batch_size=mc.tiny.batch_size, lr=mc.tiny.lr, weight_decay=mc.tiny.weight_decay, seed=mc.tiny.seed,
-            device=resolve_device(cfg.training.device), log=log,
+            device=resolve_device(cfg.training.device), log=log, loss_mask=batch.get("loss_mask"),
         )
         curve = [(int(r["step"]), float(r["loss"])) for r in rows]
         model = model.to("cpu")
@@ -59,8 +61,9 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None]) -> StageRes
     evals = {}
     for name, frame in (("train", train.head(EVAL_EXAMPLES)), ("heldout", holdout.head(EVAL_EXAMPLES))):
         if frame.height:
-            b = lm.encode_batch(tokenizer, frame["text"].to_list(), mc.max_length)
-            evals[f"{name}_nll"] = float(lm.example_losses(model, b["input_ids"], b["attention_mask"]).mean())
+            b = lm.frame_batch(tokenizer, frame, mc.max_length)
+            evals[f"{name}_nll"] = float(lm.example_losses(model, b["input_ids"], b["attention_mask"],
+                                                           loss_mask=b.get("loss_mask")).mean())
     n_params = sum(p.numel() for p in model.parameters())
     log(f"base model: {n_params:,} parameters, " + ", ".join(f"{k}={v:.3f}" for k, v in evals.items()))
     result = StageResult(

@@ -6,11 +6,11 @@ from typing import Callable
 
 import numpy as np
 
-from stride_assets.engine import plots
+from stride_assets.engine import documents, plots
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import file_digest, write_parquet, write_text
 from stride_assets.engine.config import StrideConfig
-from stride_assets.engine.contamination import audit, audit_markdown
+from stride_assets.engine.contamination import audit, audit_markdown, documents_markdown, leaks_by_document
 from stride_assets.engine.result import StageResult
 from stride_assets.engine.store import Store
 
@@ -23,15 +23,19 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None]) -> StageRes
     leaks = audit(store.read_scores(batches).select("query_id", "example_id", "score"),
                   queries.select("query_id", "text"), train.select("example_id", "text"),
                   k=cc.k, min_overlap=cc.min_overlap, n=cc.ngram)
-    summary = audit_markdown(leaks)
-    paths = [write_parquet(leaks, store.file("leaks")), write_text(summary, store.file("leaks_summary"))]
+    leaks = documents.with_doc_id(leaks, train)
+    by_doc = leaks_by_document(leaks)
+    summary = "\n\n".join(part for part in (audit_markdown(leaks), documents_markdown(by_doc)) if part)
+    paths = [write_parquet(leaks, store.file("leaks")), write_text(summary, store.file("leaks_summary")),
+             write_parquet(by_doc, store.file("leak_documents"))]
     store.write_args("contamination_report", cc.model_dump())
     n_queries = int(leaks["query_id"].n_unique()) if leaks.height else 0
     log(f"contamination: {leaks.height} suspected leaks for {n_queries} of {queries.height} queries")
     return StageResult(
         stage="contamination_report",
         path=store.stage("contamination_report"),
-        metadata={"rows": leaks.height, "queries_with_leaks": n_queries, "queries": queries.height},
+        metadata={"rows": leaks.height, "queries_with_leaks": n_queries, "queries": queries.height,
+                  "documents_with_leaks": int(by_doc["doc_id"].n_unique()) if by_doc.height else 0},
         markdown={"summary": summary},
         params={f"contamination.{k}": v for k, v in cc.model_dump().items()},
         metrics={"suspected_leaks": leaks.height, "queries_with_leaks": n_queries},

@@ -24,7 +24,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str,
     model, tokenizer = store.load_base_model()
     bank, args = store.load_bank(shard)
     stride = Stride(make_site(model.to(device), args["operators"]["form"], args["layer"]), cfg)
-    tokens = lm.encode_batch(tokenizer, queries["text"].to_list(), cfg.model.max_length, device)
+    tokens = lm.frame_batch(tokenizer, queries, cfg.model.max_length, device)
     Y = stride.measure(bank.to(device), tokens, progress=lambda done, total: log(f"measured {done}/{total} queries"))
     seconds = stride.seconds["measure"]
     base = stride.base_losses(tokens)

@@ -38,7 +38,7 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None]) -> StageRes
         ("selected_vs_not", store.file("selected_vs_not_plot"), "influence on the query set"),
         metadata={"rows": picked.height, "candidates": chosen.height, "version": version,
                   "tasks": int(picked["task"].n_unique()) if picked.height else 0},
-        markdown={"selected": markdown_table(picked.head(5).select("example_id", "task", "score", "reason"))},
+        markdown={"selected": markdown_table(picked.head(5).select("example_id", "text", "task", "score", "reason"), 80)},
         params={f"selection.{k}": v for k, v in sc.model_dump().items()},
         metrics={"selected": picked.height},
     )

@@ -31,11 +31,11 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str)
     tc = shard_training(cfg.training, design.n, design.d, shard)
     device = resolve_device(tc.device)
     model, tokenizer = store.load_base_model()
-    texts = store.read_corpus(shard)["text"].to_list()
-    if len(texts) != design.n:
+    corpus = store.read_corpus(shard)
+    if corpus.height != design.n:
         raise StrideInputError(f"subset design of shard {shard!r} covers n={design.n} examples but the shard has "
-                               f"{len(texts)}: re-materialize subset_design for it")
-    batch = lm.encode_batch(tokenizer, texts, cfg.model.max_length, device)
+                               f"{corpus.height}: re-materialize subset_design for it")
+    batch = lm.frame_batch(tokenizer, corpus, cfg.model.max_length, device)
     stride = Stride(make_site(model.to(device), oc.form, oc.layer), cfg, training=tc)
     feats = stride.cache_features(batch)
     log(f"operators {shard}: cached {tuple(feats.shape)} features at the {oc.form} site in "

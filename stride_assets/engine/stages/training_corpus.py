@@ -7,6 +7,7 @@ from typing import Callable
 from stride_assets.engine import corpus as corpus_mod
 from stride_assets.engine import lm
 from stride_assets.engine import shards as shards_mod
+from stride_assets.engine import token_windows
 from stride_assets.engine.artifacts import file_digest, write_parquet
 from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.preflight import check_ids_against_store, check_shard
@@ -16,7 +17,8 @@ from stride_assets.engine.store import Store
 
 def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str) -> StageResult:
     """One shard of training passages (and its held-out query candidates) from the configured source."""
-    passages = shards_mod.load_shard(cfg.corpus, shard)
+    documents = shards_mod.load_shard(cfg.corpus, shard)
+    passages = token_windows.windows_of(cfg, store, documents)
     train, holdout = corpus_mod.split_holdout(passages, cfg.corpus.holdout_fraction, cfg.corpus.seed)
     # fail now, not after hours of work, on settings that cannot work for this shard
     check_shard(cfg, shard, train.height)
@@ -32,8 +34,8 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str)
         stage="training_corpus",
         path=store.stage("training_corpus", shard),
         metadata={"rows": train.height, "holdout_rows": holdout.height, "mean_chars": float(lengths.mean()),
-                  "source": cfg.corpus.source, "shard": shard,
-                  "source_digest": shards_mod.shard_digest(cfg.corpus, shard, passages)},
+                  "source": cfg.corpus.source, "shard": shard, **token_windows.summary(passages),
+                  "source_digest": shards_mod.shard_digest(cfg.corpus, shard, documents)},
         markdown={"sample": markdown_table(train.head(5).select("example_id", "text"))},
         params={f"corpus.{k}": v for k, v in cfg.corpus.model_dump().items()},
         metrics={"corpus_rows": train.height, "holdout_rows": holdout.height},
