@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stride-installed
 
-.PHONY: setup run test ui mlflow-ui results clean
+.PHONY: setup chromium run test ui mlflow-ui results clean
 
 # torch comes first with pip (the CPU build on local disk); the rest with uv, which
 # resolves this stack in about a minute where pip 23 needs fifteen.
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml resources/uv-excludes.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --excludes resources/uv-excludes.txt -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# headless Chromium renders the HTML reports in tests/test_html_report.py (installed once, quietly)
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: setup
 	$(VENV)/bin/stride run

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -25,7 +26,8 @@ from stride_assets import tracking
 from stride_assets.engine.config import Profile, StrideConfig, load_profile
 from stride_assets.engine.errors import StrideConfigError, StrideError
 from stride_assets.engine.store import Store
-from stride_assets.tracking import MLFLOW_UI_URL, default_artifact_root, default_storage_root, default_tracking_uri
+from stride_assets.tracking import (DAGSTER_UI_URL, MLFLOW_UI_URL, default_artifact_root, default_storage_root,
+                                    default_tracking_uri)
 
 if TYPE_CHECKING:
     from stride_assets.engine.result import StageResult
@@ -81,6 +83,8 @@ class MlflowTracking(dg.ConfigurableResource):
         description="artifact location (URI) of a newly created experiment; empty: mlartifacts/ beside a SQLite DB",
     )
     ui_url: str = Field(default=MLFLOW_UI_URL, description="base URL of `stride mlflow-ui`, for run links")
+    dagster_ui_url: str = Field(default=DAGSTER_UI_URL, description="base URL of the Dagster UI (`stride ui`), "
+                                "for each MLflow run's `dagster_run_url` tag")
     enabled: bool = True
     strict: bool = Field(default=False, description="fail the step when MLflow cannot be reached, instead of "
                          "warning and keeping the run to log later (`stride mlflow-sync`)")
@@ -100,33 +104,52 @@ class MlflowTracking(dg.ConfigurableResource):
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return tracking.run_url(self.ui_url, experiment_id, run_id)
 
+    def artifact_url(self, run_id: str, artifact_path: str) -> str:
+        """Where `stride mlflow-ui` serves one artifact of a run (e.g. a plot, for an inline image)."""
+        return f"{self.ui_url.rstrip('/')}/get-artifact?path={quote(artifact_path, safe='')}&run_uuid={run_id}"
+
+    def dagster_run_url(self, dagster_run_id: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}"
+
     def log_stage(
         self,
         context: dg.AssetExecutionContext,
         result: StageResult,
         extra_tags: Mapping[str, str] | None = None,
         pending: Path | None = None,
+        started: float | None = None,
+        sections: Iterable[str] = (),
+        inputs: Mapping[str, Path] | None = None,
     ) -> dict[str, dg.MetadataValue]:
         """Log one stage result as an MLflow run; return the Dagster metadata that links to it.
 
-        When MLflow cannot be reached the step goes on untracked (unless ``strict``): a loud warning,
-        and the run is kept at ``pending`` to be logged later by ``stride mlflow-sync``.
+        The run is named ``asset[partition]``, starts at ``started`` (epoch seconds the stage began;
+        default now) and links back to the Dagster run (``dagster_run_url``). Its params are the scalar
+        settings of the stage's own config ``sections``; every param is in its ``params.json``.
+        ``inputs`` (name -> parquet file) become its dataset inputs. When MLflow cannot be reached the
+        step goes on untracked (unless ``strict``): a loud warning, and the run is kept at ``pending``
+        to be logged later by ``stride mlflow-sync``.
         """
         if not self.enabled:
             return {"mlflow": dg.MetadataValue.text("off")}
         asset_key = context.asset_key.to_user_string()
+        partition = context.partition_key if context.has_partition_key else None
         tags = {
             "dagster_run_id": context.run.run_id,
+            "dagster_run_url": self.dagster_run_url(context.run.run_id),
             "dagster_asset_key": asset_key,
             "dagster_code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
             "stride_stage": result.stage,
             "stride_data_version": result.fingerprint,
-            **({"dagster_partition_key": context.partition_key} if context.has_partition_key else {}),
+            **({"dagster_partition_key": partition} if partition is not None else {}),
             **dict(extra_tags or {}),
         }
-        run = dict(run_name=asset_key, tags=tags, params=result.params, metrics=result.metrics, curves=result.curves,
-                   texts={f"tables/{name}.md": text for name, text in result.markdown.items()},
-                   artifacts={"plots": list(result.plots.values()), "files": result.files})
+        texts = {f"tables/{name}.md": text for name, text in result.markdown.items()}
+        texts["params.json"] = json.dumps(result.params, indent=2, sort_keys=True, default=str)
+        run = dict(run_name=asset_key if partition is None else f"{asset_key}[{partition}]", tags=tags,
+                   params=tracking.split_params(result.params, sections), metrics=result.metrics, curves=result.curves,
+                   texts=texts, artifacts={"plots": list(result.plots.values()), "files": result.files},
+                   inputs={k: str(v) for k, v in (inputs or {}).items()}, start_time=started)
         uri = self.resolved_tracking_uri()
         try:
             client = self._client()

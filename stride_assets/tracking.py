@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIDE_DIR = REPO_ROOT / ".stride"
 MLFLOW_UI_URL = "http://127.0.0.1:5000"
+DAGSTER_UI_URL = "http://127.0.0.1:3000"
+DIGEST_CHARS = 16  # of a dataset input's sha256 (MLflow keeps at most 36)
 
 CONNECT_TIMEOUT_S = 3.0  # a tracking server that does not accept a connection by then is unreachable
 REQUEST_TIMEOUT_S = 20.0  # MLflow's per-request timeout (its default is 120 s with 7 retries)
@@ -124,15 +127,20 @@ def log_run(
     curves: Mapping[str, Iterable[tuple[int, float]]] = {},
     texts: Mapping[str, str] = {},
     artifacts: Mapping[str, Iterable[Path]] = {},
+    inputs: Mapping[str, str | Path] = {},
+    start_time: float | None = None,
 ) -> str:
     """One finished MLflow run (FAILED, and the error re-raised, if logging breaks). Returns its id.
 
-    ``texts``: artifact file name -> content; ``artifacts``: artifact folder -> local files.
+    ``texts``: artifact file name -> content; ``artifacts``: artifact folder -> local files;
+    ``inputs``: dataset name -> parquet file, logged as the run's dataset inputs; ``start_time``:
+    epoch seconds the run began (default now), so its duration covers the work it records.
     Non-numeric metrics are skipped; params are stringified and cut to MLflow's limit.
     """
     from mlflow.entities import Metric, Param
 
-    run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
+    start_ms = int(start_time * 1000) if start_time is not None else None
+    run_id = mlflow_client.create_run(exp_id, start_time=start_ms, run_name=run_name, tags=dict(tags)).info.run_id
     try:
         plist = [Param(str(k), str(v)[:_MAX_PARAM_VALUE_CHARS]) for k, v in params.items()]
         for batch in _chunks(plist, _MAX_PARAMS_PER_BATCH):
@@ -147,11 +155,38 @@ def log_run(
         for folder, paths in artifacts.items():
             for path in paths:
                 mlflow_client.log_artifact(run_id, str(path), artifact_path=folder)
+        if inputs:
+            mlflow_client.log_inputs(run_id, datasets=[dataset_input(name, Path(path)) for name, path in inputs.items()])
     except BaseException:
         mlflow_client.set_terminated(run_id, status="FAILED")
         raise
     mlflow_client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def dataset_input(name: str, path: Path) -> Any:
+    """A parquet file as an MLflow dataset input: its name, its content digest, schema and profile."""
+    import mlflow.data
+    import polars as pl
+    from mlflow.entities import DatasetInput, InputTag
+
+    from stride_assets.engine.artifacts import file_digest
+
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_polars(pl.read_parquet(path), source=str(path), name=name,
+                                          digest=file_digest(path)[:DIGEST_CHARS])
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "input")])
+
+
+def split_params(params: Mapping[str, Any], own: Iterable[str] = ()) -> dict[str, Any]:
+    """The params worth a column in MLflow's run table: scalar settings of the sections in ``own``
+    (``recovery`` keeps ``recovery.solver``) and undotted ones; ``own`` empty: every scalar. The rest
+    (lists, dicts, unset values, other sections' settings) goes to the run's ``params.json``."""
+    sections = tuple(own)
+    return {k: v for k, v in params.items()
+            if isinstance(v, (str, int, float, bool)) and v != ""
+            and (not sections or "." not in k or k.split(".", 1)[0] in sections)}
 
 
 def run_url(ui_url: str, exp_id: str, run_id: str) -> str:
@@ -169,7 +204,8 @@ def log_bench(run: TrackedRun, tracking_uri: str, experiment: str = "stride-benc
 # ---------------------------------------------------------------- runs logged later
 def save_pending(path: Path, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
                  metrics: Mapping[str, Any], curves: Mapping[str, Iterable[tuple[int, float]]],
-                 texts: Mapping[str, str], artifacts: Mapping[str, Iterable[Path]]) -> Path:
+                 texts: Mapping[str, str], artifacts: Mapping[str, Iterable[Path]],
+                 inputs: Mapping[str, str | Path] = {}, start_time: float | None = None) -> Path:
     """Keep a run that could not be logged, to log it later with ``log_pending`` (atomically written)."""
     from stride_assets.engine.artifacts import write_json
 
@@ -177,7 +213,8 @@ def save_pending(path: Path, experiment: str, run_name: str, tags: Mapping[str, 
               "params": {k: str(v) for k, v in params.items()},
               "metrics": {k: f for k, v in metrics.items() if (f := _as_float(v)) is not None},
               "curves": {k: [[int(step), float(v)] for step, v in series] for k, series in curves.items()},
-              "texts": dict(texts), "artifacts": {k: [str(p) for p in paths] for k, paths in artifacts.items()}}
+              "texts": dict(texts), "artifacts": {k: [str(p) for p in paths] for k, paths in artifacts.items()},
+              "inputs": {k: str(p) for k, p in inputs.items()}, "start_time": start_time}
     return write_json(record, path)
 
 
@@ -192,6 +229,7 @@ def log_pending(paths: Iterable[Path], tracking_uri: str, artifact_root: str | N
         ids.append(log_run(mlflow_client, exp_id, record["run_name"], record["tags"], params=record["params"],
                            metrics=record["metrics"], curves={k: [tuple(x) for x in v] for k, v in
                                                               record["curves"].items()},
-                           texts=record["texts"], artifacts=artifacts))
+                           texts=record["texts"], artifacts=artifacts, start_time=record.get("start_time"),
+                           inputs={k: p for k, p in record.get("inputs", {}).items() if Path(p).exists()}))
         Path(path).unlink()
     return ids

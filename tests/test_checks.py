@@ -73,7 +73,7 @@ def test_dagster_emits_each_partition_its_own_check(tmp_path: Path) -> None:
     @dg.asset(name="steering_operators", partitions_def=parts, check_specs=check_specs(spec))
     def asset(context: dg.AssetExecutionContext):
         result = spec.run(None, None, None, shard=context.partition_key)
-        return dg.MaterializeResult(check_results=check_results(spec, result, None))
+        return dg.MaterializeResult(check_results=check_results(spec, result, None, context.partition_key))
 
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         outcomes = {}
@@ -83,5 +83,8 @@ def test_dagster_emits_each_partition_its_own_check(tmp_path: Path) -> None:
     assert outcomes["a"]["operators_not_collapsed"].passed
     failed = outcomes["b"]["operators_not_collapsed"]
     assert not failed.passed and failed.metadata["shard"].value == "b"
+    assert failed.metadata["partition"].value == "b"  # the check's history says which partition failed
+    assert failed.description.startswith("steering_operators[b] FAILED")
+    assert outcomes["a"]["operators_not_collapsed"].description.startswith("steering_operators[a] passed")
     assert failed.severity == dg.AssetCheckSeverity.ERROR
     assert outcomes["b"]["operators_favour_members"].severity == dg.AssetCheckSeverity.WARN

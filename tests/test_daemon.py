@@ -33,7 +33,8 @@ from stride_assets.engine.store import Store
 REPO = Path(__file__).resolve().parents[1]
 PHASE_TIMEOUT = 480  # seconds for one change to be curated
 SETTLE = 30  # seconds without new runs after the curated dataset changed: 2+ ticks of each sensor
-CURATION = frozenset({"curated_dataset", "selected_dataset", "contamination_report"})
+CURATION = frozenset({"curated_dataset", "selected_dataset", "contamination_report", "curation_report"})
+RECOVERY = frozenset({"influence_scores", "attribution_report"})  # a batch's scores and their page: one run
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def _await_change(instance: dg.DagsterInstance, store: Path, before: str | None,
 def _expected(shard: str) -> list[tuple[frozenset[str] | str, str | None]]:
     return [("stride_shard_job", shard),  # started by corpus_sensor; the rest by the automation sensor
             (frozenset({"perturbation_matrix"}), f"default|{shard}"),
-            (frozenset({"influence_scores"}), "default"),
+            (RECOVERY, "default"),
             (CURATION, None)]
 
 
@@ -179,7 +180,7 @@ def test_daemon_refits_ekfac_factors_for_a_dropped_shard(tmp_path: Path, mlflow_
         new = _runs(instance)[known:]
         assert [_what(r) for r in new] == [("stride_shard_job", "c"),  # the corpus sensor
                                            (frozenset({"influence_factors"}), None),  # the automation sensor
-                                           (frozenset({"influence_scores"}), "default"),
+                                           (RECOVERY, "default"),
                                            (CURATION, None)]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in new)
         refitted = Store(store).read_args("influence_factors")

@@ -16,6 +16,7 @@ EXPECTED_GROUPS = {
     "model": {"base_model"},
     "attribution": {"subset_design", "steering_operators", "perturbation_matrix", "influence_scores"},
     "curation": {"curated_dataset", "selected_dataset", "contamination_report"},
+    "reports": {"attribution_report", "curation_report"},
 }
 
 
@@ -31,7 +32,8 @@ EVALUATION = {"eval_subsets": {"training_corpus"}, "retrained_losses": {"eval_su
 PARTITIONS = {"training_corpus": {"shards"}, "subset_design": {"shards"}, "steering_operators": {"shards"},
               "query_set": {"query_batches"}, "perturbation_matrix": {"query_batches", "shards"},
               "influence_scores": {"query_batches"}, "base_model": set(), "curated_dataset": set(),
-              "selected_dataset": set(), "contamination_report": set()}
+              "selected_dataset": set(), "contamination_report": set(), "attribution_report": {"query_batches"},
+              "curation_report": set()}
 
 
 def _dynamic_names(partitions_def) -> set[str]:
@@ -49,7 +51,7 @@ def test_asset_graph_is_the_stages_plus_evaluation(defs: dg.Definitions) -> None
     for key, parents in EVALUATION.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys} == parents, key
     assert graph.get(dg.AssetKey("retrained_losses")).partitions_def is not None
-    assert len(STAGES) == 10
+    assert len(STAGES) == 12
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
         extra = {"corpus_source"} if stage == "training_corpus" else set()
@@ -57,7 +59,8 @@ def test_asset_graph_is_the_stages_plus_evaluation(defs: dg.Definitions) -> None
         assert _dynamic_names(node.partitions_def) == PARTITIONS[stage], stage
         assert node.code_version, stage
         assert node.description, stage
-    assert graph.get(dg.AssetKey("corpus_source")).is_observable
+    source = graph.get(dg.AssetKey("corpus_source"))  # external, recorded per shard by the sensor (not "0% filled")
+    assert source.is_external and not source.is_observable and _dynamic_names(source.partitions_def) == {"shards"}
     # the model and the queries do not follow appended shards: no lineage from the corpus blocks
     assert graph.get(dg.AssetKey("base_model")).parent_keys == set()
     assert graph.get(dg.AssetKey("query_set")).parent_keys == set()

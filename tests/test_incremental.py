@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 JOB_OF = {"perturbation_matrix": "stride_measure_job", "influence_scores": "stride_recovery_job",
           "curated_dataset": "stride_curation_job", "selected_dataset": "stride_curation_job",
-          "contamination_report": "stride_curation_job"}
+          "contamination_report": "stride_curation_job", "attribution_report": "stride_recovery_job",
+          "curation_report": "stride_curation_job"}
 ORDER = list(JOB_OF)
 
 
@@ -125,7 +126,8 @@ def test_sensor_and_automation_attribute_only_the_new_shard(tmp_path: Path, mlfl
         assert shard_run.success
         assert daemon.run_until_quiet() == {
             ("perturbation_matrix", "default|c"), ("influence_scores", "default"), ("curated_dataset", None),
-            ("selected_dataset", None), ("contamination_report", None)}
+            ("selected_dataset", None), ("contamination_report", None), ("attribution_report", "default"),
+            ("curation_report", None)}
 
         for shard in ("a", "b"):  # untouched: not re-materialized, same bytes, same file
             for stage in ("training_corpus", "subset_design", "steering_operators"):

@@ -1,6 +1,7 @@
 """The whole asset graph on the micro profile: every stage materializes, checks run, MLflow has a run per stage."""
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
         materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
         blocks = {f"default|part-000{i}" for i in (0, 1)}
         assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
-                                ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None)} | {
+                                ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None),
+                                ("attribution_report", "default"), ("curation_report", None)} | {
             (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
         } | {("perturbation_matrix", b) for b in blocks}
         for event in events:
@@ -40,6 +42,9 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
             assert Path(meta["path"].value).is_dir(), stage
             assert meta["mlflow_run_id"].value, stage
             assert event.step_materialization_data.materialization.tags["dagster/data_version"], stage
+            if stage in ("attribution_report", "curation_report"):  # the Dagster UI links the HTML page
+                assert isinstance(meta["report"], dg.PathMetadataValue) and meta["report"].value.endswith(".html")
+                assert Path(meta["report"].value).is_file(), stage
 
     evaluations = {(e.asset_key.to_user_string(), e.check_name, r.run_id): e.passed
                    for r in results for e in r.get_asset_check_evaluations()}
@@ -67,19 +72,29 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
                                               (store / "training_corpus").glob("*/train.parquet")))
     assert (store / "contamination_report" / "leaks.parquet").is_file()
     assert (store / "contamination_report" / "summary.md").read_text().strip()
+    queries = pl.read_parquet(store / "query_set" / "default" / "queries.parquet")
+    report = (store / "attribution_report" / "default" / "report.html").read_text()
+    assert report.count('class="query"') == queries.height and "<mark>" in report
+    assert re.search(r"""(src|href)=["'](?!#)""", report) is None  # self-contained: in-page links only
+    assert (store / "curation_report" / "curated.html").read_text().count("<article") >= 1
+    assert "stride contamination report" in (store / "curation_report" / "contamination.html").read_text()
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride-test")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == len(events) == 14
+    assert len(runs) == len(events) == 16
     assert sorted({r.data.tags["dagster_asset_key"] for r in runs}) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" and r.data.tags["stride_profile"] == "micro" for r in runs)
-    operators = [r for r in runs if r.info.run_name == "steering_operators"]
+    operators = [r for r in runs if r.data.tags["dagster_asset_key"] == "steering_operators"]
     assert {r.data.tags["dagster_partition_key"] for r in operators} == {"part-0000", "part-0001"}
     assert all("top_direction_energy" in r.data.metrics for r in operators)
     assert {f.path for f in client.list_artifacts(operators[0].info.run_id, "files")} >= {
         "files/operators.safetensors"
     }
+    reports = {r.data.tags["dagster_asset_key"]: r.info.run_id for r in runs}
+    assert {f.path for f in client.list_artifacts(reports["attribution_report"], "files")} == {"files/report.html"}
+    assert {f.path for f in client.list_artifacts(reports["curation_report"], "files")} == {
+        "files/curated.html", "files/contamination.html"}
 
 
 def test_cli_run_then_attribute(
@@ -97,6 +112,7 @@ def test_cli_run_then_attribute(
     assert "check influence_scores_usable on influence_scores: passed" in out
     assert f"stride run in {store}" in out  # the engine's summary
     assert "127.0.0.1:3000" in out and "127.0.0.1:5000" in out
+    assert f"  {store / 'attribution_report' / 'default' / 'report.html'}" in out  # the reports' paths
 
     with dg.DagsterInstance.get() as instance:  # the instance `stride ui` will show
         runs = instance.get_runs()
@@ -104,7 +120,7 @@ def test_cli_run_then_attribute(
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride")
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the DB, not in the repo
-    assert len(client.search_runs([exp.experiment_id])) == 14
+    assert len(client.search_runs([exp.experiment_id])) == 16
 
     # nothing changed: an incremental run only re-derives nothing but checks that everything is there
     assert cli.main(["run", "--incremental", "--profile", "micro", "--store", str(store)]) == 0

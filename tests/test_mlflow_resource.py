@@ -1,5 +1,6 @@
 """MlflowTracking.log_stage inside a real materialization: one MLflow run with tags, params, metrics, artifacts."""
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_log_stage_records_one_run(tmp_path: Path, mlflow_uri: str, tracking: Ml
     assert run.info.run_name == "steering_operators"
     tags = run.data.tags
     assert tags["dagster_run_id"] == result.run_id
+    assert tags["dagster_run_url"] == f"http://127.0.0.1:3000/runs/{result.run_id}"
     assert tags["dagster_asset_key"] == "steering_operators"
     assert tags["dagster_code_version"] == "v7"
     assert tags["stride_profile"] == "micro"
@@ -87,7 +89,11 @@ def test_log_stage_records_one_run(tmp_path: Path, mlflow_uri: str, tracking: Ml
 
     params = run.data.params
     assert len([k for k in params if k.startswith("p")]) == N_PARAMS
-    assert params["p149"] == "149" and params["form"] == "activation" and params["lambda_grid"] == "[0.1, 0.2]"
+    assert params["p149"] == "149" and params["form"] == "activation"
+    assert "lambda_grid" not in params  # a list: in params.json, not a column of the run table
+    (tmp_path / "dl").mkdir()
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "params.json", str(tmp_path / "dl"))).read_text())
+    assert logged["lambda_grid"] == [0.1, 0.2] and logged["p149"] == 149
     assert run.data.metrics["final_loss"] == pytest.approx(0.25)
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted((m.step, m.value) for m in history) == [(0, 1.5), (5, 0.75), (10, 0.25)]
@@ -113,6 +119,35 @@ def test_log_stage_tags_the_partition(tmp_path: Path, mlflow_uri: str, tracking:
     client = MlflowClient(tracking_uri=mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("stride-test").experiment_id])
     assert run.data.tags["dagster_partition_key"] == "subset_001"
+    assert run.info.run_name == "steering_operators[subset_001]"
+
+
+def test_split_params_keeps_the_stages_own_scalar_settings() -> None:
+    from stride_assets.tracking import split_params
+
+    params = {"recovery.solver": "sklearn", "recovery.lambda_grid": [0.1], "recovery.tol": 1e-4,
+              "attribution.damping": None, "attribution.method": "stride", "data_version": "v1", "corpus.paths": []}
+    assert split_params(params, ("recovery",)) == {"recovery.solver": "sklearn", "recovery.tol": 1e-4,
+                                                   "data_version": "v1"}
+    assert split_params(params) == {"recovery.solver": "sklearn", "recovery.tol": 1e-4,
+                                    "attribution.method": "stride", "data_version": "v1"}
+
+
+def test_pending_run_keeps_its_start_and_inputs(tmp_path: Path, mlflow_uri: str) -> None:
+    """A run kept while MLflow was down is logged later with the start it had and its dataset inputs."""
+    import polars as pl
+
+    from stride_assets import tracking as tr
+
+    data = tmp_path / "queries.parquet"
+    pl.DataFrame({"query_id": ["q1"], "text": ["a prompt"]}).write_parquet(data)
+    kept = tr.save_pending(tmp_path / "pending.json", "stride-late", "influence_scores[b1]", {"k": "v"}, {"a": 1},
+                           {"m": 0.5}, {}, {}, {}, inputs={"queries[b1]": data}, start_time=1_700_000_000.0)
+    (run_id,) = tr.log_pending([kept], mlflow_uri, (tmp_path / "art").as_uri())
+    run = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
+    assert run.info.run_name == "influence_scores[b1]" and run.info.start_time == 1_700_000_000_000
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "queries[b1]" and len(given.dataset.digest) == tr.DIGEST_CHARS
 
 
 def test_failed_logging_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, tracking: MlflowTracking) -> None:

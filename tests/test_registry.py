@@ -63,6 +63,7 @@ ALL = [*STAGES, *EVALUATION_STAGES]
     ("stages/influence_scores.py", "top_k_table", {"influence_scores"}),  # a helper inside a stage module
     ("measure.py", "responses", {"steering_operators", "perturbation_matrix"}),  # diagnostics + measurement
     ("curation.py", "curate", {"curated_dataset"}),
+    ("html_page.py", "mark", {"attribution_report", "curation_report"}),  # the reports' page helpers
     ("evaluation/lds.py", "lds", {"lds_report"}),  # the harness's stages are versioned the same way
 ])
 def test_editing_a_helper_stales_exactly_the_stages_that_run_it(copy: Path, module: str, function: str,
@@ -107,7 +108,8 @@ def test_every_stage_module_has_its_run_and_upstreams_exist() -> None:
         assert spec.description, spec.name
         assert set(spec.upstream) <= names, spec.name
     assert registry.downstream(STAGES, "steering_operators") == {
-        "perturbation_matrix", "influence_scores", "curated_dataset", "selected_dataset", "contamination_report"}
+        "perturbation_matrix", "influence_scores", "curated_dataset", "selected_dataset", "contamination_report",
+        "attribution_report", "curation_report"}
 
 
 def test_execute_checks_the_keys() -> None:

@@ -12,6 +12,7 @@ stale.
 
 
 import base64
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from stride_assets.defs.checks import check_results, check_specs
 from stride_assets.engine import registry
 from stride_assets.engine.config import Profile
 from stride_assets.engine.registry import StageSpec
-from stride_assets.engine.result import StageResult
+from stride_assets.engine.result import StageResult, rounded
+from stride_assets.engine.store import Store
 from stride_assets.resources import MlflowTracking, StrideResource
 
 # Inline plots above this size are linked by path instead of embedded in the event log.
@@ -63,23 +65,44 @@ def stage_keys(spec: StageSpec, context: dg.AssetExecutionContext) -> dict[str, 
 
 
 def _plot_markdown(path: Path) -> dg.MetadataValue:
+    """The PNG embedded in markdown (over 1000 characters: the UI shows it behind "[Show Markdown]")."""
     data = path.read_bytes()
     if len(data) > MAX_INLINE_PLOT_BYTES:
         return dg.MetadataValue.path(str(path))
     return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{base64.b64encode(data).decode()})")
 
 
-def stage_metadata(result: StageResult) -> dict[str, Any]:
-    """Dagster metadata of a stage result: scalars as-is, markdown tables, inline plots, the folder."""
-    meta: dict[str, Any] = dict(result.metadata)
+def stage_metadata(result: StageResult, plot_urls: dict[str, str] | None = None) -> dict[str, Any]:
+    """Dagster metadata of a stage result: scalars (floats to 4 significant digits), markdown tables,
+    plots, the folder. The asset page renders a markdown entry inline only under 1000 characters, so a
+    plot with a URL in ``plot_urls`` (served by `stride mlflow-ui`) is an inline image, its embedded
+    copy beside it as ``<plot>_png``; without one, the embedded copy is the entry."""
+    # a Path value (e.g. a stage's HTML ``report``) is linked as a path
+    meta: dict[str, Any] = {k: dg.MetadataValue.path(str(v)) if isinstance(v, Path) else rounded(v)
+                            for k, v in result.metadata.items()}
     if isinstance(result.metadata.get("rows"), int):
         meta["dagster/row_count"] = result.metadata["rows"]
     for name, text in result.markdown.items():
         meta[name if name not in meta else f"{name}_table"] = dg.MetadataValue.md(text)
     for name, path in result.plots.items():
-        meta[name if name not in meta else f"{name}_plot"] = _plot_markdown(Path(path))
+        key = name if name not in meta else f"{name}_plot"
+        if url := (plot_urls or {}).get(name):
+            meta[key] = dg.MetadataValue.md(f"![{name}]({url})")
+            meta[f"{key}_png"] = _plot_markdown(Path(path))
+        else:
+            meta[key] = _plot_markdown(Path(path))
     meta["path"] = dg.MetadataValue.path(str(result.path))
     return meta
+
+
+# The data a block is computed from, logged as MLflow dataset inputs: (artifact, dataset label) per key.
+INPUT_DATA = {"shard": ("train", "corpus"), "batch": ("queries", "queries")}
+
+
+def stage_inputs(store: Store, keys: dict[str, str]) -> dict[str, Path]:
+    """The block's data as named parquet files: its shard's passages, its query batch (those present)."""
+    files = {f"{INPUT_DATA[k][1]}[{v}]": store.file(INPUT_DATA[k][0], v) for k, v in keys.items() if k in INPUT_DATA}
+    return {name: path for name, path in files.items() if path.is_file()}
 
 
 def stage_asset(spec: StageSpec, settings: Any, partitions: dg.PartitionsDefinition | None,
@@ -101,14 +124,20 @@ def stage_asset(spec: StageSpec, settings: Any, partitions: dg.PartitionsDefinit
         check_specs=check_specs(spec),
     )
     def _stage(context: dg.AssetExecutionContext, stride: StrideResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        started = time.time()  # the MLflow run covers the stage's compute
         cfg = (spec.configure or Profile.pipeline)(stride.load())
-        store = stride.store()
-        result = registry.execute(spec, cfg, store, context.log.info, **stage_keys(spec, context))
+        store, keys = stride.store(), stage_keys(spec, context)
+        result = registry.execute(spec, cfg, store, context.log.info, **keys)
         tracking = mlflow.log_stage(context, result, extra_tags={"stride_profile": stride.profile},
-                                    pending=store.file("untracked_run", f"{context.run.run_id}-{spec.name}"))
-        return dg.MaterializeResult(metadata={**stage_metadata(result), **tracking},
+                                    pending=store.file("untracked_run", f"{context.run.run_id}-{spec.name}"),
+                                    started=started, sections=spec.sections, inputs=stage_inputs(store, keys))
+        run_id = tracking.get("mlflow_run_id")
+        plot_urls = {name: mlflow.artifact_url(run_id.value, f"plots/{Path(path).name}")
+                     for name, path in result.plots.items()} if run_id is not None else {}
+        partition = context.partition_key if context.has_partition_key else None
+        return dg.MaterializeResult(metadata={**stage_metadata(result, plot_urls), **tracking},
                                     data_version=dg.DataVersion(result.fingerprint),
-                                    check_results=check_results(spec, result, cfg))
+                                    check_results=check_results(spec, result, cfg, partition))
 
     return _stage
 

@@ -2,8 +2,9 @@
 
 Each tick lists the corpus shards and query batches with their content hashes (the engine's
 ``shards`` module). It registers new ones as dynamic partitions, forgets removed ones, records
-the hashes as observations of ``corpus_source``, and starts a run for every shard (or batch)
-whose latest materialization was made from other data: the new shard's operators only, existing
+a shard's hash as a materialization of ``corpus_source[shard]`` when it differs from the one
+recorded last (only new or edited shards add events, not every shard on every tick), and starts
+a run for every shard (or batch) whose latest materialization was made from other data: the new shard's operators only, existing
 banks untouched. Declarative automation (``AutomationCondition.eager``) then measures the new
 blocks, re-solves the affected query batches and refreshes the curated outputs.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from stride_assets.defs.assets import batch_partitions, shard_partitions
+from stride_assets.defs.sources import SOURCE, source_event
 from stride_assets.engine.shards import batch_digests, shard_digests
 from stride_assets.resources import StrideResource
 
@@ -33,6 +35,16 @@ def recorded_digest(instance: dg.DagsterInstance, asset: str, partition: str) ->
     event = latest_materialization(instance, asset, partition)
     value = event.metadata.get("source_digest") if event is not None else None
     return None if value is None else str(value.value)
+
+
+def source_changes(instance: dg.DagsterInstance, digests: dict[str, str]) -> list[dg.AssetMaterialization]:
+    """A ``corpus_source`` record for each shard whose digest is not the one recorded last."""
+    events = []
+    for shard, digest in digests.items():
+        last = latest_materialization(instance, SOURCE, shard)
+        if last is None or last.tags.get("dagster/data_version") != digest:
+            events.append(source_event(shard, digest))
+    return events
 
 
 def _plan(context: dg.SensorEvaluationContext, digests: dict[str, str], partitions: dg.DynamicPartitionsDefinition,
@@ -65,9 +77,8 @@ def corpus_sensor(shard_job: Any,
         shards = shard_digests(cfg.corpus)
         shard_changes, shard_runs = _plan(context, shards, shard_partitions, "training_corpus", shard_job)
         batch_changes, batch_runs = _plan(context, batch_digests(cfg), batch_partitions, "query_set", queries_job)
-        observations = [dg.AssetObservation(asset_key="corpus_source", partition=key,
-                                            tags={"dagster/data_version": digest}) for key, digest in shards.items()]
         return dg.SensorResult(run_requests=shard_runs + batch_runs,
-                               dynamic_partitions_requests=shard_changes + batch_changes, asset_events=observations)
+                               dynamic_partitions_requests=shard_changes + batch_changes,
+                               asset_events=source_changes(context.instance, shards))
 
     return _sensor

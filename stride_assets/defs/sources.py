@@ -1,25 +1,29 @@
-"""The corpus as Dagster sees it from outside: an observable source whose partitions are the shards,
-each with the content hash of its data as its data version."""
+"""The corpus as Dagster sees it from outside: an external asset whose partitions are the shards.
 
-import warnings
+The corpus sensor reports a materialization of ``corpus_source[shard]`` whenever a shard's bytes
+change (a new shard, or an edited one), with the shard's content hash as its data version. So the
+UI shows which shards are recorded (100% filled once every shard is), when each last changed and
+its digest, and a changed shard marks only its own blocks stale. (An observable source asset never
+counts as materialized, so its partitions showed "0% filled" forever.)
+"""
 
 import dagster as dg
 
 from stride_assets.defs.assets import shard_partitions
-from stride_assets.engine.shards import shard_digests
-from stride_assets.resources import StrideResource
+
+SOURCE = "corpus_source"
+
+corpus_source = dg.AssetSpec(
+    SOURCE,
+    partitions_def=shard_partitions,
+    group_name="data",
+    kinds={"parquet"},
+    description="The configured corpus source (files, pydoc or a datasets dataset), one partition per shard; "
+    "its data version is the shard's content hash. Recorded by corpus_sensor when a shard's content changes.",
+)
 
 
-def _observe(stride: StrideResource) -> dg.DataVersionsByPartition:
-    return dg.DataVersionsByPartition(shard_digests(stride.config().corpus))
-
-
-with warnings.catch_warnings():  # observable source assets are beta in Dagster 1.13, and this one says so
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    corpus_source = dg.observable_source_asset(
-        name="corpus_source",
-        partitions_def=shard_partitions,
-        group_name="data",
-        description="The configured corpus source (files, pydoc or a datasets dataset), one partition per shard; "
-        "its data version is the shard's content hash. Observed by corpus_sensor.",
-    )(_observe)
+def source_event(shard: str, digest: str) -> dg.AssetMaterialization:
+    """The record of one shard's current content (its digest as the data version)."""
+    return dg.AssetMaterialization(asset_key=SOURCE, partition=shard, tags={"dagster/data_version": digest},
+                                   metadata={"digest": digest})
