@@ -35,6 +35,12 @@ SCORES = pl.DataFrame({
     "score": [0.9123456, 0.05, -0.4321, 0.25, -0.125, 0.5, -0.0625],
 })
 
+# planted per-token scores of (q0, e0), targets 1..8: it helps " zebra", " lazy", " jumps" most, hurts " does";
+# the first token "<Why>" is no target; (q0, e1) has no token scores
+Q0_TOKENS = ["<Why>", " does", " the", " quick", " zebra", " jumps", " over", " the", " lazy"]
+TOKENS = pl.DataFrame({"query_id": ["q0"] * 8, "example_id": ["e0"] * 8, "position": list(range(1, 9)),
+                       "token_score": [-0.5, 0.1, 0.0, 2.0, 0.3, 0.2, 0.1, 1.0]})
+
 
 class Elements(HTMLParser):
     """Start tags with their attributes, and the text under each element with an id."""
@@ -108,6 +114,20 @@ def test_attribution_page_is_self_contained_escaped_and_marked() -> None:
     assert page.count("<script>") == 1  # the page's own filter
 
 
+def test_token_shading_of_the_shown_pairs() -> None:
+    page = attribution_page(QUERIES, SCORES, TRAIN, k=3, tokens=TOKENS, strings={"q0": Q0_TOKENS})
+    assert page.count("data-tokens") == 1  # only the pair with token scores
+    e0 = page.split('<code>e0</code>')[1].split("</li>")[0]
+    spans = re.findall(r'<span class="tok" data-score="([^"]+)" title="[^"]+" style="background:rgba\(([\d,]+),([\d.]+)\)">'
+                       r'([^<]*)</span>', e0)
+    assert [float(v) for v, *_ in spans] == TOKENS["token_score"].to_list()  # every scored token, in order
+    assert spans[3] == ("2", "10,122,47", "0.60", " zebra") and spans[0][1] == "179,38,30"  # green max, red harm
+    assert spans[2][2] == "0.00" and "&lt;Why&gt;" in e0 and "&lt;Why&gt;</span>" not in e0  # no target: plain
+    assert "helps most: <code>zebra</code> <code>jumps</code> <code>lazy</code>" in e0  # top 3, in query order
+    with pytest.raises(StrideInputError, match="lacks columns"):
+        attribution_page(QUERIES, SCORES, TRAIN, tokens=TOKENS.drop("position"), strings={"q0": Q0_TOKENS})
+
+
 def test_bad_input_fails_early() -> None:
     with pytest.raises(StrideInputError, match="lacks columns"):
         attribution_page(QUERIES.drop("text"), SCORES, TRAIN)
@@ -121,13 +141,17 @@ def test_chromium_renders_the_page_and_the_hash_filters_it(chromium: str, tmp_pa
     from PIL import Image
 
     path = tmp_path / "report.html"
-    path.write_text(attribution_page(QUERIES, SCORES, TRAIN, k=3, batch="default"))
+    path.write_text(attribution_page(QUERIES, SCORES, TRAIN, k=3, batch="default", tokens=TOKENS,
+                                     strings={"q0": Q0_TOKENS}))
     shot = tmp_path / "report.png"
     _browse(chromium, path, tmp_path, f"--screenshot={shot}", "--window-size=1280,1600")
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
     assert image.size == (1280, 1600) and len(image.getcolors(1 << 20)) > 50  # text rendered, not a blank page
-    assert (255, 224, 102) in {c for _, c in image.getcolors(1 << 20)}  # the <mark> highlight is painted
+    colours = {c for _, c in image.getcolors(1 << 20)}
+    assert (255, 224, 102) in colours  # the <mark> highlight is painted
+    shade = sum(n for n, (r, g, b) in image.getcolors(1 << 20) if abs(r - 108) + abs(g - 175) + abs(b - 130) <= 6)
+    assert shade > 300  # the " zebra" token's box, rgba(10,122,47,.6) on white (not the green text's edges)
 
     dom = _browse(chromium, path, tmp_path, "--dump-dom")
     shown = Elements(dom)

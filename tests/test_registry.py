@@ -59,9 +59,9 @@ ALL = [*STAGES, *EVALUATION_STAGES]
 
 
 @pytest.mark.parametrize(("module", "function", "expected"), [
-    ("recovery.py", "recover", {"influence_scores"}),  # a helper of the recover phase
+    ("recovery.py", "recover", {"influence_scores", "attribution_report"}),  # recover; the report's token split
     ("stages/influence_scores.py", "top_k_table", {"influence_scores"}),  # a helper inside a stage module
-    ("measure.py", "responses", {"steering_operators", "perturbation_matrix"}),  # diagnostics + measurement
+    ("measure.py", "responses", {"steering_operators", "perturbation_matrix", "attribution_report"}),  # + per token
     ("curation.py", "curate", {"curated_dataset"}),
     ("html_page.py", "mark", {"attribution_report", "curation_report"}),  # the reports' page helpers
     ("evaluation/lds.py", "lds", {"lds_report"}),  # the harness's stages are versioned the same way

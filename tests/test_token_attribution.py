@@ -8,6 +8,8 @@ micro-profile run, and they equal the Lasso's affine map on its support up to th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -140,15 +142,20 @@ def test_ridge_split_is_the_ridge_of_each_token():
 # --- on a stored run ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def micro_store(tmp_path_factory, one_torch_thread):
+def _stored_run(tmp_path_factory, method: str):
+    """The micro profile run end to end into a fresh store with ``attribution.method``."""
     from stride_assets.engine import pipeline
     from stride_assets.engine.config import load_config
     from stride_assets.engine.store import Store
 
-    store = Store(tmp_path_factory.mktemp("tokens") / "store")
-    pipeline.run_all(load_config("micro"), store, log=lambda _: None)
+    store = Store(tmp_path_factory.mktemp(f"tokens-{method}") / "store")
+    pipeline.run_all(load_config("micro", {"attribution": {"method": method}}), store, log=lambda _: None)
     return store
+
+
+@pytest.fixture(scope="module")
+def micro_store(tmp_path_factory, one_torch_thread):
+    return _stored_run(tmp_path_factory, "stride")
 
 
 def test_token_scores_of_a_stored_run_average_to_its_scores(micro_store):
@@ -192,13 +199,27 @@ def test_cli_attribute_tokens(micro_store, capsys):
 
 @pytest.fixture(scope="module")
 def ensemble_store(tmp_path_factory, one_torch_thread):
-    from stride_assets.engine import pipeline
-    from stride_assets.engine.config import load_config
-    from stride_assets.engine.store import Store
+    return _stored_run(tmp_path_factory, "ensemble")
 
-    store = Store(tmp_path_factory.mktemp("tokens-ensemble") / "store")
-    pipeline.run_all(load_config("micro", {"attribution": {"method": "ensemble"}}), store, log=lambda _: None)
-    return store
+
+@pytest.mark.parametrize("which", ["micro_store", "ensemble_store"])
+def test_the_attribution_report_shades_the_query_tokens_each_example_drives(which, request):
+    """The pipeline's report: each shown example of the first queries carries its per-token scores,
+    which average to the example's stored score (STRIDE's operators; the ensemble's both parts)."""
+    store = request.getfixturevalue(which)
+    page = (store.root / "attribution_report" / "default" / "report.html").read_text()
+    scores = store.read_scores(["default"])
+    queries = store.read_queries("default")
+    first = queries["query_id"][0]
+    card = page.split(f"<h2>Query <code>{first}</code></h2>")[1].split("</article>")[0]
+    items = re.findall(r'<li data-item><a href="#ex-\d+"><code>([^<]+)</code></a>(.*?)</li>', card, re.S)
+    shaded = [(eid, [float(v) for v in re.findall(r'data-score="([^"]+)"', body)]) for eid, body in items]
+    assert len(shaded) >= 4 and all(len(v) > 3 for _, v in shaded)  # helpful and harmful, every scored token
+    stored = dict(scores.filter(pl.col("query_id") == first).select("example_id", "score").iter_rows())
+    for eid, values in shaded:
+        assert np.isclose(np.mean(values), stored[eid], rtol=2e-3, atol=1e-6), eid  # .4g in the page
+    assert np.std(shaded[0][1]) > 0.2 * abs(np.mean(shaded[0][1]))  # not a flat split over the tokens
+    assert page.count("data-tokens") <= 20 * queries.height  # report.token_queries caps the work
 
 
 def test_ensemble_tokens_average_to_the_blended_scores(ensemble_store):

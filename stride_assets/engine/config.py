@@ -280,6 +280,15 @@ class AttributionConfig(_Strict):
     device: str = "auto"
 
 
+class ReportConfig(_Strict):
+    """The HTML attribution report of each query batch."""
+
+    shown_per_side: int = Field(10, ge=1, description="most helpful and most harmful examples shown per query")
+    token_queries: int = Field(
+        20, ge=0, description="the batch's first queries whose shown examples get per-token scores (one "
+        "measurement of those queries with the stored operators or factors); 0: none")
+
+
 class BudgetConfig(_Strict):
     """What the preflight lets a run use (``engine/budget.py`` predicts each stage's memory and disk
     from the config and the model's shapes, prints it, and refuses a run over budget)."""
@@ -307,6 +316,7 @@ class StrideConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ article{background:#fff;border:1px solid #e2e2e6;border-radius:6px;padding:10px 
 ol{padding-left:22px;margin:4px 0}li{margin:6px 0}mark{background:#ffe066;padding:0 1px}
 .pos{color:#0a7a2f;font-weight:600}.neg{color:#b3261e;font-weight:600}.none{color:#888;font-style:italic}
 article h2{margin-top:0}a{color:#0b57d0}[hidden]{display:none!important}
+.tokens{white-space:pre-wrap;margin:4px 0;font-size:13px;color:#333}.tok{border-radius:2px}
 """
 
 JS = """
@@ -105,6 +106,26 @@ def marked_pair(a: str, b: str, n: int) -> tuple[str, str]:
 
 def score_span(score: float) -> str:
     return f'<span class="{"pos" if score > 0 else "neg"}">{score:+.4g}</span>'
+
+
+def token_heat(tokens: list[str], scores: dict[int, float], shown: int = 3) -> str:
+    """A query's tokens as HTML, each scored token (``scores``: position -> score) shaded by its score
+    relative to the largest |score| (green: the example lowers that token's loss, red: raises it),
+    its score in the tooltip; then the ``shown`` tokens the example helps most."""
+    top = max((abs(v) for v in scores.values()), default=0.0) or 1.0
+    spans = []
+    for pos, tok in enumerate(tokens):
+        if pos not in scores:
+            spans.append(esc(tok))
+            continue
+        value = scores[pos]
+        rgb = "10,122,47" if value > 0 else "179,38,30"
+        spans.append(f'<span class="tok" data-score="{value:.4g}" title="{value:+.3g}" '
+                     f'style="background:rgba({rgb},{0.6 * abs(value) / top:.2f})">{esc(tok)}</span>')
+    best = sorted((p for p, v in scores.items() if v > 0), key=lambda p: -scores[p])[:shown]
+    helps = " ".join(f"<code>{esc(tokens[p].strip() or tokens[p])}</code>" for p in sorted(best))
+    return (f'<p class="tokens" data-tokens><span class="meta">per query token: </span>{"".join(spans)}</p>'
+            + (f'<p class="meta">helps most: {helps}</p>' if helps else ""))
 
 
 def page(title: str, summary: str, body: str) -> str:

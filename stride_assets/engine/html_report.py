@@ -18,7 +18,7 @@ import polars as pl
 
 from stride_assets.engine.contamination import _require_columns
 from stride_assets.engine.errors import StrideInputError
-from stride_assets.engine.html_page import clip, esc, mark, marked_pair, page, score_span, shared_ngrams
+from stride_assets.engine.html_page import clip, esc, mark, marked_pair, page, score_span, shared_ngrams, token_heat
 
 SHOWN_NGRAM = 3  # word n-grams marked as shared text on the attribution page
 MAX_ROWS = 1000  # entries per section of a curated-output page (the rest: in the parquet files)
@@ -48,9 +48,13 @@ def _texts(frame: pl.DataFrame, corpus: pl.DataFrame, what: str) -> pl.DataFrame
 
 
 def attribution_page(queries: pl.DataFrame, scores: pl.DataFrame, corpus: pl.DataFrame, k: int = 10,
-                     batch: str = "", n: int = SHOWN_NGRAM) -> str:
+                     batch: str = "", n: int = SHOWN_NGRAM, tokens: pl.DataFrame | None = None,
+                     strings: dict[str, list[str]] | None = None) -> str:
     """The page of one query batch. ``queries`` (query_id, text), ``scores`` (query_id, example_id,
-    score; absent pairs score 0), ``corpus`` (example_id, text); ``k`` examples per side and query."""
+    score; absent pairs score 0), ``corpus`` (example_id, text); ``k`` examples per side and query.
+    With ``tokens`` (query_id, example_id, position, token_score: ``token_attribution.pair_tokens``)
+    and ``strings`` (each query's tokens), a shown pair with token scores also shows the query's
+    tokens shaded by how much the example helps each."""
     for frame, cols, name in ((queries, ("query_id", "text"), "queries"),
                               (scores, ("query_id", "example_id", "score"), "scores"),
                               (corpus, ("example_id", "text"), "corpus")):
@@ -58,6 +62,11 @@ def attribution_page(queries: pl.DataFrame, scores: pl.DataFrame, corpus: pl.Dat
     if k < 1:
         raise StrideInputError(f"attribution_page needs k >= 1, got {k}")
     top = _texts(top_examples(scores, k), corpus, "the influence scores")
+    heat: dict[tuple[str, str], dict[int, float]] = {}
+    if tokens is not None:
+        _require_columns(tokens, ("query_id", "example_id", "position", "token_score"), "tokens")
+        for qid, eid, pos, value in tokens.select("query_id", "example_id", "position", "token_score").iter_rows():
+            heat.setdefault((qid, eid), {})[pos] = value
     by_query = {qid: rows for (qid,), rows in top.partition_by("query_id", as_dict=True).items()}
     anchor_of = {eid: f"ex-{i}" for i, eid in enumerate(dict.fromkeys(top["example_id"].to_list()))}
     query_anchor = {qid: f"q-{i}" for i, qid in enumerate(queries["query_id"].to_list())}
@@ -69,7 +78,8 @@ def attribution_page(queries: pl.DataFrame, scores: pl.DataFrame, corpus: pl.Dat
         for side, heading in (("helpful", "Most helpful (training on it lowers the query's loss)"),
                               ("harmful", "Most harmful (training on it raises the query's loss)")):
             items = [f'<li data-item><a href="#{anchor_of[eid]}"><code>{esc(eid)}</code></a> {score_span(score)} '
-                     f'<span class="meta">rank {rank}</span><p class="text">{marked_pair(qtext, text, n)[1]}</p></li>'
+                     f'<span class="meta">rank {rank}</span><p class="text">{marked_pair(qtext, text, n)[1]}</p>'
+                     + (token_heat(strings[qid], heat[qid, eid]) if (qid, eid) in heat and strings else "") + "</li>"
                      for rank, eid, score, text in rows.filter(pl.col("side") == side)
                      .select("rank", "example_id", "score", "text").iter_rows()]
             sides.append(f"<h3>{heading}</h3>" + (f"<ol>{''.join(items)}</ol>" if items else
@@ -85,8 +95,11 @@ def attribution_page(queries: pl.DataFrame, scores: pl.DataFrame, corpus: pl.Dat
                         rows.select("query_id", "side", "rank", "score").iter_rows() if qid in query_anchor)
         index.append(f'<article data-card id="{anchor_of[eid]}" class="example"><div data-head><code>{esc(eid)}</code>'
                      f'<p class="text">{esc(clip(rows["text"][0]))}</p></div><ul>{links}</ul></article>')
+    with_tokens = len({q for q, _ in heat})
     summary = (f"{queries.height} queries" + (f" of batch {batch}" if batch else "") + f"; for each its {k} most "
-               f"helpful and {k} most harmful training examples. Marked: word {n}-grams shared by query and example.")
+               f"helpful and {k} most harmful training examples. Marked: word {n}-grams shared by query and example."
+               + (f" Shaded (first {with_tokens} queries): the query tokens each example helps (green) or hurts (red)."
+                  if with_tokens else ""))
     body = ("".join(cards) + f'<h2 id="examples">Examples, with the queries they drive ({len(index)})</h2>'
             + "".join(index))
     return page(f"stride attribution report{f': {batch}' if batch else ''}", summary, body)

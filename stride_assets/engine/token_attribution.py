@@ -46,7 +46,7 @@ import torch
 
 from stride_assets.engine import lm
 from stride_assets.engine.attribution import blend, ekfac_scores
-from stride_assets.engine.config import RecoveryConfig
+from stride_assets.engine.config import RecoveryConfig, StrideConfig
 from stride_assets.engine.corpus import query_frame
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.measure import target_weights
@@ -139,6 +139,63 @@ class TokenAttribution:
     texts: dict[str, list[str]]
 
 
+@dataclass
+class _Measured:
+    """A query frame measured for per-token attribution: the run's settings, each query's tokens
+    (strings) and target weights, and what each method needs to split a query's scores over them."""
+
+    cfg: StrideConfig
+    shards: list[str]
+    strings: list[list[str]]  # each query's tokens, padding dropped
+    weights: np.ndarray  # (N, T-1) target weights
+    influence: sp.csr_matrix  # the queries' scores (N, n), by the run's method
+    M: sp.csr_matrix | None = None  # STRIDE: the block design, ...
+    token_Y: np.ndarray | None = None  # ... the per-token responses (N, T-1, K) ...
+    stride_inf: sp.csr_matrix | None = None  # ... and the Lasso rows
+    ekfac_tokens: list[np.ndarray] | None = None  # EK-FAC: each query's per-scored-token scores (T', n) ...
+    ekfac: np.ndarray | None = None  # ... and their means, the queries' scores
+
+    def split(self, i: int, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Query ``i``'s scored target positions (T',) and the per-token scores (T', m) of ``examples``."""
+        scored = np.flatnonzero(self.weights[i] > 0)
+        method, weight = self.cfg.attribution.method, self.cfg.attribution.ensemble_weight
+        if self.stride_inf is not None:
+            w = np.asarray(self.stride_inf[i].toarray()).ravel().astype(np.float64)
+            per = token_scores(self.token_Y[i, scored], self.weights[i, scored], w, self.M, examples, self.cfg.recovery)
+        if self.ekfac is not None:
+            ek = self.ekfac_tokens[i][:, examples]
+            per = ek if method == "ekfac" else blended_token_scores(per, w, ek, self.ekfac[i], weight)
+        return scored, per
+
+
+def _measure_frame(frame: pl.DataFrame, store: Store, batch: str) -> _Measured:
+    """Per-token measurement of a query frame (``corpus.query_frame`` / the stored queries) with the
+    settings, shards and artifacts of query batch ``batch``'s influence scores."""
+    cfg, shard_list = run_settings(store, batch)
+    method, blend_weight = cfg.attribution.method, cfg.attribution.ensemble_weight
+    model, tokenizer = store.load_base_model()
+    batch_tokens = lm.frame_batch(tokenizer, frame, cfg.model.max_length)
+    weights = target_weights(batch_tokens)
+    strings = [[tokenizer.decode([int(t)]) for t in ids[: int(mask.sum())]]
+               for ids, mask in zip(batch_tokens["input_ids"], batch_tokens["attention_mask"])]
+    found = _Measured(cfg, shard_list, strings, weights, sp.csr_matrix((len(strings), 0)))
+    if method != "ekfac":
+        found.M = store.read_block_design(shard_list)
+        found.token_Y = stride_responses(cfg, store, model, batch_tokens, shard_list, per_token=True)
+        found.stride_inf = Stride(None, cfg).recover(query_responses(found.token_Y, weights), found.M).influence
+    if method != "stride":
+        one_token, positions = one_token_queries(batch_tokens, weights)
+        ekfac_tokens = ekfac_scores(cfg, store, one_token, shard_list)  # (sum of scored tokens, n)
+        found.ekfac_tokens = np.split(ekfac_tokens, np.cumsum([len(p) for p in positions])[:-1])
+        found.ekfac = np.stack([t.mean(axis=0) for t in found.ekfac_tokens])  # the queries' EK-FAC scores
+    found.influence = (found.stride_inf if found.ekfac is None else sp.csr_matrix(found.ekfac)
+                       if found.stride_inf is None else blend(found.stride_inf, found.ekfac, blend_weight))
+    return found
+
+
+_TOKEN_SCHEMA = {"position": pl.Int64, "token": pl.String, "token_score": pl.Float64}
+
+
 def attribute_tokens(queries: list[str | dict], store: Store, top_k: int = 10,
                      batch: str = DEFAULT_BATCH) -> TokenAttribution:
     """Each query's top-k examples (as ``query.attribute``, whose query formats it takes) and their
@@ -149,52 +206,47 @@ def attribute_tokens(queries: list[str | dict], store: Store, top_k: int = 10,
     if not queries:
         raise StrideInputError("attribute needs one or more non-empty queries")
     frame = query_frame(list(queries))
-    cfg, shard_list = run_settings(store, batch)
-    method, blend_weight = cfg.attribution.method, cfg.attribution.ensemble_weight
-    model, tokenizer = store.load_base_model()
-    batch_tokens = lm.frame_batch(tokenizer, frame, cfg.model.max_length)
-    weights = target_weights(batch_tokens)
-    stride_inf = ekfac = None
-    if method != "ekfac":
-        M = store.read_block_design(shard_list)
-        token_Y = stride_responses(cfg, store, model, batch_tokens, shard_list, per_token=True)
-        stride_inf = Stride(None, cfg).recover(query_responses(token_Y, weights), M).influence
-    if method != "stride":
-        one_token, positions = one_token_queries(batch_tokens, weights)
-        ekfac_tokens = ekfac_scores(cfg, store, one_token, shard_list)  # (sum of scored tokens, n)
-        ekfac_tokens = np.split(ekfac_tokens, np.cumsum([len(p) for p in positions])[:-1])
-        ekfac = np.stack([t.mean(axis=0) for t in ekfac_tokens])  # the queries' EK-FAC scores
-    influence = (stride_inf if ekfac is None else sp.csr_matrix(ekfac) if stride_inf is None
-                 else blend(stride_inf, ekfac, blend_weight))
-
-    train = store.read_train(shard_list)
+    found = _measure_frame(frame, store, batch)
+    train = store.read_train(found.shards)
     ids, texts = frame["query_id"].to_list(), frame["text"].to_list()
-    top = top_k_table(influence_table(influence, ids, train), train, top_k).join(
+    top = top_k_table(influence_table(found.influence, ids, train), train, top_k).join(
         train.select("example_id", pl.col("example_index").cast(pl.Int64)), on="example_id")
-    rows, strings = [], {}
+    rows = []
     for i, (qid, text) in enumerate(zip(ids, texts)):
-        n_tok = int(batch_tokens["attention_mask"][i].sum())
-        strings[text] = [tokenizer.decode([int(t)]) for t in batch_tokens["input_ids"][i, :n_tok]]
         mine = top.filter(pl.col("query_id") == qid)
         if mine.is_empty():
             continue
-        scored = np.flatnonzero(weights[i] > 0)
-        examples = mine["example_index"].to_numpy()
-        if stride_inf is not None:
-            w = np.asarray(stride_inf[i].toarray()).ravel().astype(np.float64)
-            per = token_scores(token_Y[i, scored], weights[i, scored], w, M, examples, cfg.recovery)
-        if ekfac is not None:
-            ek = ekfac_tokens[i][:, examples]
-            per = ek if stride_inf is None else blended_token_scores(per, w, ek, ekfac[i], blend_weight)
+        scored, per = found.split(i, mine["example_index"].to_numpy())
         for j, (rank, example_id) in enumerate(zip(mine["rank"].to_list(), mine["example_id"].to_list())):
             rows += [{"query": text, "rank": rank, "example_id": example_id, "position": int(t) + 1,
-                      "token": strings[text][t + 1], "token_score": float(per[a, j])} for a, t in enumerate(scored)]
+                      "token": found.strings[i][t + 1], "token_score": float(per[a, j])} for a, t in enumerate(scored)]
     lookup = pl.DataFrame({"query_id": ids, "query": texts})
     top = top.join(lookup, on="query_id").select("query", "rank", "example_id", "score", "text").sort(
         ["query", "rank"], maintain_order=True)
-    schema = {"query": pl.String, "rank": pl.Int64, "example_id": top.schema["example_id"], "position": pl.Int64,
-              "token": pl.String, "token_score": pl.Float64}
-    return TokenAttribution(top, pl.DataFrame(rows, schema=schema), strings)
+    schema = {"query": pl.String, "rank": pl.Int64, "example_id": top.schema["example_id"], **_TOKEN_SCHEMA}
+    return TokenAttribution(top, pl.DataFrame(rows, schema=schema), dict(zip(texts, found.strings)))
+
+
+def pair_tokens(queries: pl.DataFrame, pairs: pl.DataFrame, store: Store,
+                batch: str = DEFAULT_BATCH) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Per-token scores of chosen (query_id, example_id) ``pairs`` of the stored queries ``queries``
+    (e.g. the examples an attribution report shows): a frame query_id, example_id, position, token,
+    token_score over each pair's scored tokens, and each query's tokens by query_id. A pair whose
+    example is off the query's support (STRIDE) scores 0 at every token."""
+    found = _measure_frame(queries, store, batch)
+    index = store.read_train(found.shards).select("example_id", pl.col("example_index").cast(pl.Int64))
+    wanted = pairs.select("query_id", "example_id").unique(maintain_order=True).join(index, on="example_id")
+    rows = []
+    for i, qid in enumerate(queries["query_id"].to_list()):
+        mine = wanted.filter(pl.col("query_id") == qid)
+        if mine.is_empty():
+            continue
+        scored, per = found.split(i, mine["example_index"].to_numpy())
+        for j, example_id in enumerate(mine["example_id"].to_list()):
+            rows += [{"query_id": qid, "example_id": example_id, "position": int(t) + 1,
+                      "token": found.strings[i][t + 1], "token_score": float(per[a, j])} for a, t in enumerate(scored)]
+    schema = {"query_id": queries.schema["query_id"], "example_id": index.schema["example_id"], **_TOKEN_SCHEMA}
+    return pl.DataFrame(rows, schema=schema), dict(zip(queries["query_id"].to_list(), found.strings))
 
 
 def bracketed(tokens: list[str], positions: list[int]) -> str:

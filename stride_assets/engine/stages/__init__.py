@@ -5,7 +5,8 @@
     query_set[batch] ----------------------------------------------------------------/        |
     influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
     curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
-    attribution_report[batch], curation_report   (HTML pages of the scores and of the curated outputs)
+    attribution_report[batch], curation_report   (HTML pages of the scores and of the curated outputs;
+    the first shades each query's tokens by the stored operators / factors, so it reads them too)
 
 That is ``attribution.method: stride``. With ``ekfac`` the STRIDE stages (subset_design,
 steering_operators, perturbation_matrix) leave the graph and ``influence_factors`` (Kronfluence's
@@ -103,10 +104,15 @@ ALL_STAGES: tuple[StageSpec, ...] = (
               group="curation", kinds=("polars", "parquet"), eager=True, triggers=("influence_scores",),
               job="curation"),
     # pages people can read, rebuilt in the same jobs as what they show
-    StageSpec("attribution_report", attribution_report.run,
-              upstream=("influence_scores", "query_set", "training_corpus"), keys=("batch",),
-              modules=("html_report", "html_page", "contamination"), group="reports", kinds=("html",), eager=True,
-              triggers=("influence_scores",), job="recovery"),
+    # per-token shading re-applies the method's stored operators (STRIDE) or factors (EK-FAC)
+    *(StageSpec("attribution_report", attribution_report.run,
+                upstream=("influence_scores", "query_set", "training_corpus", "base_model", *extra), keys=("batch",),
+                sections=("report",), modules=("html_report", "html_page", "contamination", "token_attribution",
+                                               "query", "measure", "recovery", "attribution", "lm", "formats"),
+                group="reports", kinds=("html",), eager=True, triggers=("influence_scores",), job="recovery",
+                methods=(method,))
+      for method, extra in (("stride", ("steering_operators", "subset_design")), ("ekfac", ("influence_factors",)),
+                            ("ensemble", ("steering_operators", "subset_design", "influence_factors")))),
     StageSpec("curation_report", curation_report.run,
               upstream=("curated_dataset", "contamination_report", "query_set", "training_corpus"),
               sections=("contamination.ngram",), modules=("html_report", "html_page", "contamination"),

@@ -1,5 +1,7 @@
 """Stage ``attribution_report[batch]``: one query batch's influence as a page people can read
-(``engine/html_report.py``): per query its most helpful and most harmful training examples."""
+(``engine/html_report.py``): per query its most helpful and most harmful training examples, and for
+the batch's first ``report.token_queries`` queries the query tokens each shown example drives
+(``token_attribution.pair_tokens``: the stored operators or factors, applied once more)."""
 
 from __future__ import annotations
 
@@ -10,31 +12,38 @@ import polars as pl
 from stride_assets.engine import shards as shards_mod
 from stride_assets.engine.artifacts import file_digest, write_text
 from stride_assets.engine.config import StrideConfig
-from stride_assets.engine.html_report import attribution_page
+from stride_assets.engine.html_report import attribution_page, top_examples
 from stride_assets.engine.result import StageResult
 from stride_assets.engine.store import Store
-
-SHOWN_PER_SIDE = 10  # helpful and harmful examples shown per query
 
 
 def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str) -> StageResult:
     """A self-contained HTML page of one query batch's influence: each query's most helpful and most
-    harmful training examples with their text and score, shared text marked, searchable."""
+    harmful training examples with their text and score, shared text marked, the query tokens each
+    example helps or hurts shaded (first queries of the batch), searchable."""
+    rc = cfg.report
     queries = store.read_queries(batch)
     scores = store.read_scores([batch]).select("query_id", "example_id", "score")
     train = store.read_train(shards_mod.shard_names(cfg.corpus))
-    page = attribution_page(queries, scores, train, SHOWN_PER_SIDE, batch)
+    tokens = strings = None
+    if rc.token_queries:
+        from stride_assets.engine.token_attribution import pair_tokens  # it reads the stages' tables: a cycle at import
+
+        first = queries.head(rc.token_queries)
+        shown = top_examples(scores.join(first.select("query_id"), on="query_id"), rc.shown_per_side)
+        tokens, strings = pair_tokens(first, shown, store, batch)
+    page = attribution_page(queries, scores, train, rc.shown_per_side, batch, tokens=tokens, strings=strings)
     path = write_text(page, store.file("attribution_report", batch))
     store.seal(path)
-    store.write_args("attribution_report", {"batch": batch, "shown_per_side": SHOWN_PER_SIDE}, batch)
-    shown = scores.filter(pl.col("score") != 0)["example_id"].n_unique()
+    store.write_args("attribution_report", {"batch": batch, **rc.model_dump()}, batch)
+    shown_examples = scores.filter(pl.col("score") != 0)["example_id"].n_unique()
     log(f"attribution report {batch}: {path} ({queries.height} queries)")
     return StageResult(
         stage="attribution_report",
         path=path.parent,
-        metadata={"report": path, "queries": queries.height, "batch": batch, "examples_scored": shown,
-                  "bytes": path.stat().st_size},
-        params={"report.shown_per_side": SHOWN_PER_SIDE},
+        metadata={"report": path, "queries": queries.height, "batch": batch, "examples_scored": shown_examples,
+                  "queries_with_token_scores": min(rc.token_queries, queries.height), "bytes": path.stat().st_size},
+        params={f"report.{k}": v for k, v in rc.model_dump().items()},
         files=[path],
         fingerprint=file_digest(path),
     )
