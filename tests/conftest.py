@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,67 @@ def make_defs(resources: dict[str, Any], profile: str = "micro"):
     from stride_assets.defs import build_defs
 
     return build_defs(profile, resources=resources, executor=dg.in_process_executor)
+
+
+@dataclass
+class MicroRun:
+    """One materialization of the whole micro graph, shared by the tests that only read it.
+
+    ``root`` holds ``store`` (the engine's artifacts), ``mlflow.db`` with ``mlartifacts`` and
+    ``dagster_home`` (a persistent Dagster instance: reopen it with ``instance()``, or point a
+    webserver's ``DAGSTER_HOME`` at it). Treat all of it as read-only."""
+
+    root: Path
+    mlflow_uri: str
+    resources: dict[str, Any]
+    cfg: Any
+    results: list[Any] = field(default_factory=list)
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    def instance(self):
+        """The run's Dagster instance, reopened (a context manager)."""
+        import dagster as dg
+        from dagster._core.instance.ref import InstanceRef
+
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.dagster_home)))
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory, _mlflow_template_db: Path) -> MicroRun:
+    """The micro profile's whole asset graph materialized once per session (about a minute on 2
+    cores) into a persistent instance, its own store and its own MLflow SQLite store. Its
+    environment is set here, as ``_isolated_env`` and ``mlflow_uri`` would for one test, and
+    restored before any test runs."""
+    import dagster as dg
+
+    from stride_assets.orchestration import run_pipeline
+
+    root = tmp_path_factory.mktemp("micro-run")
+    db = root / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    saved = dict(os.environ)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("STRIDE_HOME", str(root / "store"))
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            for name in ("STRIDE_PROFILE", "DAGSTER_HOME", "STRIDE_TRACKING"):
+                mp.delenv(name, raising=False)
+            resources = make_micro_resources(root, uri)
+            run = MicroRun(root=root, mlflow_uri=uri, resources=resources, cfg=resources["stride"].config())
+            run.dagster_home.mkdir()
+            # what a webserver on this DAGSTER_HOME reads; the tests' instance sets the same
+            (run.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            with dg.instance_for_test(temp_dir=str(run.dagster_home)) as instance:
+                run.results = run_pipeline(make_defs(resources), instance, run.cfg, log=lambda _: None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return run

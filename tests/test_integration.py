@@ -3,7 +3,6 @@
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -14,37 +13,31 @@ import definitions
 from stride_assets.engine.pipeline import STAGES
 
 
-def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[str, Any], mlflow_uri: str) -> None:
-    from conftest import make_defs
-
-    from stride_assets.orchestration import run_pipeline
-
-    defs = make_defs(micro_resources)
-    cfg = micro_resources["stride"].config()
-    (tmp_path / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        results = run_pipeline(defs, instance, cfg, log=lambda _: None)
-        assert results and all(r.success for r in results)
+def test_materialize_everything_on_micro(micro_run) -> None:
+    """On the session's shared micro run (``conftest.micro_run``), read-only."""
+    results = micro_run.results
+    assert results and all(r.success for r in results)
+    with micro_run.instance() as instance:
         assert set(instance.get_dynamic_partitions("shards")) == {"part-0000", "part-0001"}
         assert instance.get_dynamic_partitions("query_batches") == ["default"]
 
-        events = [e for r in results for e in r.get_asset_materialization_events()]
-        materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
-        blocks = {f"default|part-000{i}" for i in (0, 1)}
-        assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
-                                ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None),
-                                ("attribution_report", "default"), ("curation_report", None)} | {
-            (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
-        } | {("perturbation_matrix", b) for b in blocks}
-        for event in events:
-            meta = event.step_materialization_data.materialization.metadata
-            stage = event.asset_key.to_user_string()
-            assert Path(meta["path"].value).is_dir(), stage
-            assert meta["mlflow_run_id"].value, stage
-            assert event.step_materialization_data.materialization.tags["dagster/data_version"], stage
-            if stage in ("attribution_report", "curation_report"):  # the Dagster UI links the HTML page
-                assert isinstance(meta["report"], dg.PathMetadataValue) and meta["report"].value.endswith(".html")
-                assert Path(meta["report"].value).is_file(), stage
+    events = [e for r in results for e in r.get_asset_materialization_events()]
+    materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
+    blocks = {f"default|part-000{i}" for i in (0, 1)}
+    assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
+                            ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None),
+                            ("attribution_report", "default"), ("curation_report", None)} | {
+        (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
+    } | {("perturbation_matrix", b) for b in blocks}
+    for event in events:
+        meta = event.step_materialization_data.materialization.metadata
+        stage = event.asset_key.to_user_string()
+        assert Path(meta["path"].value).is_dir(), stage
+        assert meta["mlflow_run_id"].value, stage
+        assert event.step_materialization_data.materialization.tags["dagster/data_version"], stage
+        if stage in ("attribution_report", "curation_report"):  # the Dagster UI links the HTML page
+            assert isinstance(meta["report"], dg.PathMetadataValue) and meta["report"].value.endswith(".html")
+            assert Path(meta["report"].value).is_file(), stage
 
     evaluations = {(e.asset_key.to_user_string(), e.check_name, r.run_id): e.passed
                    for r in results for e in r.get_asset_check_evaluations()}
@@ -53,7 +46,7 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
         ("influence_scores", "influence_scores_usable"), ("curated_dataset", "curated_dataset_not_empty")}
     assert all(evaluations.values()), evaluations
 
-    store = tmp_path / "store"
+    store = micro_run.store
     assert {p.name for p in store.iterdir() if p.is_dir()} >= set(STAGES)
     for shard in ("part-0000", "part-0001"):
         assert (store / "steering_operators" / shard / "operators.safetensors").is_file()
@@ -79,7 +72,7 @@ def test_materialize_everything_on_micro(tmp_path: Path, micro_resources: dict[s
     assert (store / "curation_report" / "curated.html").read_text().count("<article") >= 1
     assert "stride contamination report" in (store / "curation_report" / "contamination.html").read_text()
 
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = MlflowClient(tracking_uri=micro_run.mlflow_uri)
     exp = client.get_experiment_by_name("stride-test")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == len(events) == 16

@@ -3,7 +3,6 @@ checks that name their partition, MLflow runs named by partition that cover the 
 back to Dagster, and a corpus source recorded only when a shard changes."""
 
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -80,20 +79,12 @@ def test_sensor_records_a_shard_only_when_its_content_changes(tmp_path: Path) ->
         assert [(e.partition, e.tags["dagster/data_version"]) for e in edited] == [("b", "d3"), ("c", "d4")]
 
 
-def test_micro_materialization_reads_well_in_dagster_and_mlflow(tmp_path: Path, micro_resources: dict[str, Any],
-                                                               mlflow_uri: str) -> None:
-    """The real pipeline on the micro profile: the UI tables carry text, the checks their partition, and
-    each MLflow run its partition, the Dagster run's URL, a duration covering the compute and its data."""
-    from conftest import make_defs
-
-    from stride_assets.orchestration import run_pipeline
-
-    defs = make_defs(micro_resources)
-    cfg = micro_resources["stride"].config()
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        results = run_pipeline(defs, instance, cfg, log=lambda _: None)
-        assert results and all(r.success for r in results)
+def test_micro_materialization_reads_well_in_dagster_and_mlflow(micro_run) -> None:
+    """The real pipeline on the micro profile (the session's shared run, ``conftest.micro_run``): the UI
+    tables carry text, the checks their partition, and each MLflow run its partition, the Dagster run's
+    URL, a duration covering the compute and its data."""
+    results, cfg = micro_run.results, micro_run.cfg
+    assert results and all(r.success for r in results)
     events = {(e.asset_key.to_user_string(), e.partition): e.step_materialization_data.materialization.metadata
               for r in results for e in r.get_asset_materialization_events()}
 
@@ -102,7 +93,7 @@ def test_micro_materialization_reads_well_in_dagster_and_mlflow(tmp_path: Path, 
     assert top.startswith("| query\\_id | query | rank | example\\_id | score | example |")
     prompt = cfg.queries.prompts[0]
     assert escape_markdown(prompt[:40]) in top  # the user's own prompt is in the table, as text
-    queries = pl.read_parquet(tmp_path / "store" / "query_set" / "default" / "queries.parquet")
+    queries = pl.read_parquet(micro_run.store / "query_set" / "default" / "queries.parquet")
     assert all(escape_markdown(q) in top for q in queries["query_id"].to_list())  # every query of the batch
     for name, value in scores.items():
         if isinstance(value, dg.FloatMetadataValue) and value.value == value.value:
@@ -117,7 +108,7 @@ def test_micro_materialization_reads_well_in_dagster_and_mlflow(tmp_path: Path, 
     assert all(e.description.startswith(f"steering_operators[{e.metadata['partition'].value}] ")
                for e in failed_or_not)
 
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = MlflowClient(tracking_uri=micro_run.mlflow_uri)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("stride-test").experiment_id])}
     assert {"influence_scores[default]", "steering_operators[part-0000]", "steering_operators[part-0001]",
             "perturbation_matrix[default|part-0001]", "curated_dataset"} <= set(runs)

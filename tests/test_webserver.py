@@ -52,30 +52,26 @@ TOP_EXAMPLES_QUERY = """{ assetOrError(assetKey: {path: ["influence_scores"]}) {
   assetMaterializations(limit: 1) { partition metadataEntries { label ... on MarkdownMetadataEntry { mdStr } } } } } }"""
 
 
-def test_graphql_serves_the_top_examples_with_query_text(tmp_path: Path, monkeypatch, micro_resources,
-                                                         mlflow_uri: str) -> None:
-    """After a real micro run, the UI's GraphQL gives influence_scores' top_examples with the queries' text."""
-    from conftest import make_defs
-
+def test_graphql_serves_the_top_examples_with_query_text(monkeypatch, micro_run) -> None:
+    """After a real micro run (the session's shared one, ``conftest.micro_run``), the UI's GraphQL gives
+    influence_scores' top_examples with the queries' text."""
     from stride_assets.engine.result import escape_markdown
-    from stride_assets.orchestration import run_pipeline
 
     monkeypatch.setenv("STRIDE_PROFILE", "micro")
-    cfg = micro_resources["stride"].config()
+    monkeypatch.setenv("STRIDE_HOME", str(micro_run.store))
     origin = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name="definitions", attribute="defs", working_directory=str(REPO_ROOT)),
         location_name="stride",
     )
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        assert all(r.success for r in run_pipeline(make_defs(micro_resources), instance, cfg, log=lambda _: None))
-        with (
-            WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context,
-            TestClient(DagsterWebserver(context).create_asgi_app()) as client,
-        ):
-            data = client.post("/graphql", json={"query": TOP_EXAMPLES_QUERY}).json()
+    assert micro_run.results and all(r.success for r in micro_run.results)
+    with (
+        micro_run.instance() as instance,
+        WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context,
+        TestClient(DagsterWebserver(context).create_asgi_app()) as client,
+    ):
+        data = client.post("/graphql", json={"query": TOP_EXAMPLES_QUERY}).json()
     assert "errors" not in data, data.get("errors")
     (event,) = data["data"]["assetOrError"]["assetMaterializations"]
     assert event["partition"] == "default"
     top = next(e["mdStr"] for e in event["metadataEntries"] if e["label"] == "top_examples")
-    assert escape_markdown(cfg.queries.prompts[0][:40]) in top  # the user's own prompt, as text
+    assert escape_markdown(micro_run.cfg.queries.prompts[0][:40]) in top  # the user's own prompt, as text
