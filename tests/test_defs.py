@@ -14,7 +14,7 @@ from stride_assets.resources import MlflowTracking, StrideResource
 EXPECTED_GROUPS = {
     "data": {"corpus_source", "training_corpus", "query_set"},
     "model": {"base_model"},
-    "attribution": {"subset_design", "steering_operators", "perturbation_matrix", "influence_scores"},
+    "attribution": {"subset_design", "steering_operators", "query_features", "perturbation_matrix", "influence_scores"},
     "curation": {"curated_dataset", "selected_dataset", "contamination_report"},
     "reports": {"attribution_report", "curation_report"},
 }
@@ -30,7 +30,8 @@ def defs() -> dg.Definitions:
 EVALUATION = {"eval_subsets": {"training_corpus"}, "retrained_losses": {"eval_subsets", "query_set", "base_model"},
               "lds_report": {"retrained_losses", "influence_scores"}}
 PARTITIONS = {"training_corpus": {"shards"}, "subset_design": {"shards"}, "steering_operators": {"shards"},
-              "query_set": {"query_batches"}, "perturbation_matrix": {"query_batches", "shards"},
+              "query_set": {"query_batches"}, "query_features": {"query_batches"},
+              "perturbation_matrix": {"query_batches", "shards"},
               "influence_scores": {"query_batches"}, "base_model": set(), "curated_dataset": set(),
               "selected_dataset": set(), "contamination_report": set(), "attribution_report": {"query_batches"},
               "curation_report": set()}
@@ -51,7 +52,7 @@ def test_asset_graph_is_the_stages_plus_evaluation(defs: dg.Definitions) -> None
     for key, parents in EVALUATION.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys} == parents, key
     assert graph.get(dg.AssetKey("retrained_losses")).partitions_def is not None
-    assert len(STAGES) == 12
+    assert len(STAGES) == 13
     for stage in STAGES:
         node = graph.get(dg.AssetKey(stage))
         extra = {"corpus_source"} if stage == "training_corpus" else set()
@@ -116,7 +117,7 @@ def test_code_version_follows_code_and_settings() -> None:
     assert changed == {"influence_scores"}
     model = load_config("micro", {"model": {"max_length": 48}})
     assert {s for s in STAGES if code_version(s, base) != code_version(s, model)} == {
-        "base_model", "steering_operators", "perturbation_matrix"}
+        "base_model", "steering_operators", "query_features", "perturbation_matrix"}
 
 
 def test_resources_follow_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

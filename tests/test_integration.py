@@ -24,7 +24,8 @@ def test_materialize_everything_on_micro(micro_run) -> None:
     events = [e for r in results for e in r.get_asset_materialization_events()]
     materialized = {(e.asset_key.to_user_string(), e.partition) for e in events}
     blocks = {f"default|part-000{i}" for i in (0, 1)}
-    assert materialized == {("base_model", None), ("query_set", "default"), ("influence_scores", "default"),
+    assert materialized == {("base_model", None), ("query_set", "default"), ("query_features", "default"),
+                            ("influence_scores", "default"),
                             ("curated_dataset", None), ("selected_dataset", None), ("contamination_report", None),
                             ("attribution_report", "default"), ("curation_report", None)} | {
         (stage, f"part-000{i}") for stage in ("training_corpus", "subset_design", "steering_operators") for i in (0, 1)
@@ -75,7 +76,7 @@ def test_materialize_everything_on_micro(micro_run) -> None:
     client = MlflowClient(tracking_uri=micro_run.mlflow_uri)
     exp = client.get_experiment_by_name("stride-test")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == len(events) == 16
+    assert len(runs) == len(events) == 17
     assert sorted({r.data.tags["dagster_asset_key"] for r in runs}) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" and r.data.tags["stride_profile"] == "micro" for r in runs)
     operators = [r for r in runs if r.data.tags["dagster_asset_key"] == "steering_operators"]
@@ -113,7 +114,7 @@ def test_cli_run_then_attribute(
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.get_experiment_by_name("stride")
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the DB, not in the repo
-    assert len(client.search_runs([exp.experiment_id])) == 16
+    assert len(client.search_runs([exp.experiment_id])) == 17
 
     # nothing changed: an incremental run only re-derives nothing but checks that everything is there
     assert cli.main(["run", "--incremental", "--profile", "micro", "--store", str(store)]) == 0

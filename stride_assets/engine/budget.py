@@ -361,9 +361,18 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
                 f"K x K x 4 + Nl x T x (4V + 2C) x 4 + 2 x Nl x r x C x 4 B (Nl = training.linearity_batch {Nl})",
                 ("training.linearity_batch", "training.linearity_weight: 0")))
 
+    feats = Q * T * in_dim * F32
+    feats_formula = f"Q x T x in_dim x 4 B = {Q:,} x {T} x {in_dim:,} x 4 (one query batch)"
+    queries = ("fewer queries per batch (queries.n_holdout, queries.batch_dir)", "model.max_length")
+    stage = "query_features"
+    add(Row(stage, "model weights", weights.memory_bytes, 0, weights.formula, weights.settings))
+    add(Row(stage, "query features", 2 * feats, Q_all * T * in_dim * F32,
+            f"2 x {feats_formula} (computed + saved); disk: every batch's", queries))
+
     stage = "perturbation_matrix"
     qb = min(mc.query_batch, Q)
     add(Row(stage, "model weights", weights.memory_bytes, 0, weights.formula, weights.settings))
+    add(Row(stage, "query features", feats, 0, feats_formula, queries))
     add(Row(stage, "operator bank", sum(bank.values()), 0, "A + basis + buffers (as above)", settings))
     if mc.mode == "first_order":
         add(Row(stage, "logits + gradient per query batch", (4 * V + 2 * C + in_dim) * qb * T * F32 + qb * r * Cm * F32,

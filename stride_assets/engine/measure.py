@@ -117,8 +117,8 @@ def exact(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ope
 
 
 def _measure(site: Site, bank: OperatorBank, sub: Batch, mode: str, operator_chunk: int,
-             per_token: bool = False) -> torch.Tensor:
-    feats = site.encode(sub)
+             per_token: bool = False, feats: torch.Tensor | None = None) -> torch.Tensor:
+    feats = site.encode(sub) if feats is None else feats
     if mode == "first_order":
         return first_order(site, bank, feats, sub, per_token=per_token)
     if mode == "exact":
@@ -134,14 +134,19 @@ def responses(
     query_batch: int = 16,
     operator_chunk: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    feats: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """The response matrix (N, K) for the N examples of ``batch`` (queries or training probes)."""
+    """The response matrix (N, K) for the N examples of ``batch`` (queries or training probes);
+    ``feats``: their features at the site, computed once for every bank (``site.encode``'s, (N, T, in_dim))."""
     n = next(iter(batch.values())).shape[0]
+    if feats is not None and feats.shape[0] != n:
+        raise StrideInputError(f"features of {feats.shape[0]} rows for a batch of {n}")
     rows = []
     bank.eval()
     for start in range(0, n, query_batch):
-        sub = take(batch, torch.arange(start, min(start + query_batch, n)))
-        rows.append(_measure(site, bank, sub, mode, operator_chunk))
+        index = torch.arange(start, min(start + query_batch, n))
+        sub = take(batch, index)
+        rows.append(_measure(site, bank, sub, mode, operator_chunk, feats=None if feats is None else feats[index]))
         if progress:
             progress(min(start + query_batch, n), n)
     return torch.cat(rows).cpu().numpy().astype(np.float32)

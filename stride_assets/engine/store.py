@@ -39,6 +39,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "operators": ("steering_operators", "operators.safetensors"),
     "training_log": ("steering_operators", "training_log.parquet"),
     "operator_loss_plot": ("steering_operators", "operator_loss.png"),
+    "query_features": ("query_features", "features.safetensors"),  # the queries at the operators' site
     "responses": ("perturbation_matrix", "responses.parquet"),
     "responses_plot": ("perturbation_matrix", "responses.png"),
     "factors": ("influence_factors", "kronfluence"),  # Kronfluence's factor files (a folder)
@@ -232,6 +233,23 @@ class Store:
         path = self.verify(self.require("operators", shard))
         self.verify(path.with_suffix(".json"))
         return OperatorBank.load(path), args
+
+    def load_query_features(self, batch: str, form: str, layer: int | None, query_ids: list[str],
+                            device: str = "cpu"):
+        """Query batch ``batch``'s features at the site of ``form`` / ``layer`` and its base losses,
+        checked to be of the same queries and site as the operators about to use them."""
+        from stride_assets.engine.artifacts import load_tensors
+
+        args = self.read_args("query_features", batch)
+        if (args["form"], args["layer"]) != (form, layer):
+            raise StrideInputError(f"query_features[{batch}] are at the {args['form']} site (layer {args['layer']}) "
+                                   f"but the operators at the {form} site (layer {layer}): re-materialize "
+                                   f"query_features[{batch}] with the operators' settings")
+        if args["query_ids"] != query_ids:
+            raise StrideInputError(f"query_features[{batch}] are of another version of query batch {batch!r}: "
+                                   "re-materialize them")
+        tensors = load_tensors(self.verify(self.require("query_features", batch)), device)
+        return tensors["features"], tensors["base_loss"].numpy()
 
     def read_responses(self, batch: str, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
         """The batch's responses to every shard's operators, side by side: (query frame, Q x sum K)."""

@@ -126,12 +126,14 @@ class Stride:
             trainlog = train_operators(self.site, bank, feats, batch, design, self.training, log)
         return bank, trainlog
 
-    def measure(self, bank: OperatorBank, batch: Batch,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Phase 3: the (queries x K) response matrix of ``batch`` to the bank's operators."""
+    def measure(self, bank: OperatorBank, batch: Batch, progress: Callable[[int, int], None] | None = None,
+                feats: torch.Tensor | None = None) -> np.ndarray:
+        """Phase 3: the (queries x K) response matrix of ``batch`` to the bank's operators (``feats``: the
+        queries' features at the site, ``cache_features``, shared by every shard's bank)."""
         mc = self.cfg.measure
         with self.phase("measure"):
-            return responses(self.site, bank, batch, mc.mode, mc.query_batch, mc.operator_chunk, progress=progress)
+            return responses(self.site, bank, batch, mc.mode, mc.query_batch, mc.operator_chunk, progress=progress,
+                             feats=feats)
 
     def recover(self, Y: np.ndarray, membership: sp.csr_matrix, recovery=None) -> Recovery:
         """Phase 4: per-query Lasso of ``Y`` against the membership matrix (``recovery`` overrides the settings)."""
@@ -139,14 +141,17 @@ class Stride:
             return recover(Y, membership, recovery or self.cfg.recovery)
 
     @torch.no_grad()
-    def base_losses(self, batch: Batch) -> np.ndarray:
-        """Each example's loss under the frozen model, in chunks (all logits at once can take GBs)."""
+    def base_losses(self, batch: Batch, feats: torch.Tensor | None = None) -> np.ndarray:
+        """Each example's loss under the frozen model, in chunks (all logits at once can take GBs), from
+        its features at the site when given."""
         chunk, site = self.cfg.measure.query_batch, self.site
         n = batch["input_ids"].shape[0]
         parts = []
         for start in range(0, n, chunk):
-            sub = take(batch, torch.arange(start, min(start + chunk, n), device=batch["input_ids"].device))
-            parts.append(site.example_loss(site.logits(site.encode(sub), sub), sub).cpu())
+            index = torch.arange(start, min(start + chunk, n), device=batch["input_ids"].device)
+            sub = take(batch, index)
+            f = site.encode(sub) if feats is None else feats[index]
+            parts.append(site.example_loss(site.logits(f, sub), sub).cpu())
         return torch.cat(parts).numpy()
 
     def diagnostics(self, bank: OperatorBank, batch: Batch, design: SubsetDesign, seed: int) -> dict[str, float]:

@@ -31,7 +31,7 @@ from stride_assets.engine.shards import DEFAULT_BATCH
 from stride_assets.engine.stages import STAGES as SPECS
 from stride_assets.engine.store import BenchFolder, Store
 
-SHARED = ("base_model", "query_set")  # frozen model and queries: built once, outside both timings
+SHARED = ("base_model", "query_set", "query_features")  # frozen model, queries and their features: built once
 TARGET = "curated_dataset"  # what is timed: the blocks a corpus change re-runs up to the curated dataset
 
 

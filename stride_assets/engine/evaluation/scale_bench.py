@@ -453,18 +453,33 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
                operator_params=int(sum(p.numel() for p in bank.parameters() if p.requires_grad)))
 
     n_q = next(iter(queries.values())).shape[0]
+    qb = cfg.measure.query_batch
+
+    def measured(count: int) -> tuple[float, float, Any]:
+        """As the pipeline does: the queries' features once (query_features), then a shard bank's
+        responses from them (perturbation_matrix): (forward seconds, responses seconds, Y)."""
+        rows = _rows(queries, count)
+
+        def features() -> torch.Tensor:
+            with torch.no_grad():
+                feats = encode_all(stride.site, rows, qb)
+            stride.base_losses(rows, feats)
+            return feats
+
+        forward, feats = timed(features)
+        s, Y = spent(stride, "measure", lambda: stride.measure(bank, rows, feats=feats))
+        return forward, s, Y
+
     with peak_rss() as mem:
-        stride.measure(bank, _rows(queries, 2))  # warm-up
-        probe_s = spent(stride, "measure", lambda: stride.measure(bank, _rows(queries, 4)))[0] / 4
+        measured(2)  # warm-up
+        probe_s = sum(measured(4)[:2]) / 4
         q_m = int(min(n_q, max(4, budgets.measure_s / max(probe_s, 1e-9))))
-        q_m = max(4, q_m - q_m % cfg.measure.query_batch) if q_m > cfg.measure.query_batch else q_m
-        s, Y = spent(stride, "measure", lambda: stride.measure(bank, _rows(queries, q_m)))
-        # of which the queries' forward pass to the site, the same for every shard's bank
-        forward_s = timed(lambda: encode_all(stride.site, _rows(queries, q_m), cfg.measure.query_batch))[0]
+        q_m = max(4, q_m - q_m % qb) if q_m > qb else q_m
+        forward_s, s, Y = measured(q_m)
     out.update(measure_per_query_per_shard_s=s / q_m, measure_queries=q_m, measure_peak_mb=mem.peak_rss_mb, Y=Y,
-               query_forward_s=min(forward_s, s) / q_m)
-    log(f"    {form}: responses {s / q_m * 1e3:.2f} ms per query per shard bank, of which the query's forward "
-        f"pass {forward_s / q_m * 1e3:.2f} (measured on {q_m} queries)")
+               query_forward_s=forward_s / q_m)
+    log(f"    {form}: per query, its features and base loss once {forward_s / q_m * 1e3:.2f} ms, then "
+        f"{s / q_m * 1e3:.2f} ms per shard bank (measured on {q_m} queries)")
     return out
 
 
@@ -517,13 +532,13 @@ def stride_at(rates: dict[str, Any], recovery: dict[str, Any], n: int, cfg: Stri
                f"{', column logits' if rates['columns'] else ''}) x {S} + {fit['per_step_s'] * 1e3:.2f} ms/step "
                f"(measured over {fit['steps_measured']} of the shard's {fit['steps']} steps) x {sum(steps):,} steps"
                + ("; features tiled from a prefix" if rates["features_tiled"] else ""))
-    measure_pq = rates["measure_per_query_per_shard_s"] * S
+    measure_pq = rates["query_forward_s"] + rates["measure_per_query_per_shard_s"] * S
     stages = {
         "cache": _stage(cache_s, _scaled(cache_m, n), rates["cache_peak_mb"]),
         "fit": _stage(fit_s, fit_how, rates["fit_peak_mb"]),
-        "measure": _stage(measure_pq, f"scaled from {rates['measure_queries']} of {QUERIES:,} queries x 1 of {S} "
-                                      "shard banks", rates["measure_peak_mb"], "per_query",
-                          query_forward_per_shard_s=rates["query_forward_s"]),
+        "measure": _stage(measure_pq, f"scaled from {rates['measure_queries']} of {QUERIES:,} queries: their "
+                                      f"features once (query_features) + 1 of {S} shard banks' responses x {S}",
+                          rates["measure_peak_mb"], "per_query", query_features_s=rates["query_forward_s"]),
         "recover": _stage(recovery["per_query_s"],
                           (f"measured at full size (K_all {recovery['K_all']:,} x n {n:,}, one job) on "
                            f"{recovery['queries']} of {QUERIES:,} queries, responses tiled from one shard's bank")
@@ -533,19 +548,12 @@ def stride_at(rates: dict[str, Any], recovery: dict[str, Any], n: int, cfg: Stri
     bank_bytes = sum(rates["bank_bytes_fixed"] + rates["bank_bytes_per_operator"] * k for k in Ks)
     est = budget.estimate(cfg, shapes, {f"shard-{i:05d}": s for i, s in enumerate(sizes)}, {"default": QUERIES})
     predicted = est.row("operator matrices A").disk_bytes + est.row("operator basis + buffers").disk_bytes
-    shared = (S - 1) * rates["query_forward_s"]  # the pipeline encodes a query batch again for each shard's block
     method = _method(stages, bank_bytes=int(bank_bytes), bank_bytes_how=f"one bank's tensors (measured) for each of "
                    f"the {S} shards' K", bank_bytes_predicted=int(predicted),
                    predicted_peak_mb={s: round(est.memory(s) / MIB, 1) for s in
                                       ("steering_operators", "perturbation_matrix", "influence_scores")},
                    form=rates["form"], columns=rates["columns"], shards=S, K_all=int(sum(Ks)),
                    operator_steps=int(sum(steps)), operator_params_per_shard=rates["operator_params"])
-    per_query = method["per_query_s"] - shared
-    method["if_query_forward_shared"] = {
-        "per_query_s": per_query, "end_to_end_s": method["one_time_s"] + QUERIES * per_query,
-        "how": f"not what the pipeline does: each perturbation_matrix[batch|shard] block runs the queries' forward "
-               f"pass again; with one forward per query for all {S} shards' banks, {shared * 1e3:.2f} ms less per "
-               "query"}
     return method
 
 

@@ -2,7 +2,7 @@
 
     training_corpus[shard] -> subset_design[shard] -> steering_operators[shard] --\\
     base_model ------------------------------------------------/                     perturbation_matrix[batch|shard]
-    query_set[batch] ----------------------------------------------------------------/        |
+    query_set[batch] -> query_features[batch] (the queries at the site, once) --------/        |
     influence_scores[batch]  (fan-in over shards: block-diagonal membership)  <---------------/
     curated_dataset, selected_dataset, contamination_report   (fan-in over batches)
     attribution_report[batch], curation_report   (HTML pages of the scores and of the curated outputs;
@@ -35,6 +35,7 @@ from stride_assets.engine.stages import (
     influence_factors,
     influence_scores,
     perturbation_matrix,
+    query_features,
     query_set,
     selected_dataset,
     steering_operators,
@@ -66,8 +67,12 @@ ALL_STAGES: tuple[StageSpec, ...] = (
               modules=("stride", "backbone", "operators", "training", "measure", "losses", "shards", "lm", "formats"),
               group="attribution", kinds=("pytorch", "safetensors"), job="shard", methods=STRIDE_ONLY,
               checks=(checks.operators_not_collapsed, checks.operators_favour_members)),
+    StageSpec("query_features", query_features.run, upstream=("query_set", "base_model"), keys=("batch",),
+              sections=("operators.form", "operators.layer", "model"),
+              modules=("stride", "backbone", "losses", "lm", "formats"),
+              group="attribution", kinds=("pytorch", "safetensors"), eager=True, job="queries", methods=STRIDE_ONLY),
     StageSpec("perturbation_matrix", perturbation_matrix.run,
-              upstream=("query_set", "steering_operators", "base_model"), keys=("shard", "batch"),
+              upstream=("query_set", "query_features", "steering_operators", "base_model"), keys=("shard", "batch"),
               sections=("measure", "model"), modules=("stride", "backbone", "operators", "measure", "losses", "lm",
                                                        "formats"),
               group="attribution", kinds=("pytorch", "parquet"), eager=True, job="measure", methods=STRIDE_ONLY),

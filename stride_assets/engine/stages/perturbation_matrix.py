@@ -1,4 +1,5 @@
-"""Stage ``perturbation_matrix[batch|shard]``: one block of the response matrix, a query batch x a shard's operators."""
+"""Stage ``perturbation_matrix[batch|shard]``: one block of the response matrix, a query batch x a shard's
+operators, from the batch's features at the site (``query_features[batch]``, shared by every shard)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str,
     queries = store.read_queries(batch)
     model, tokenizer = store.load_base_model()
     bank, args = store.load_bank(shard)
-    stride = Stride(make_site(model.to(device), args["operators"]["form"], args["layer"]), cfg)
+    form, layer = args["operators"]["form"], args["layer"]
+    stride = Stride(make_site(model.to(device), form, layer), cfg)
     tokens = lm.frame_batch(tokenizer, queries, cfg.model.max_length, device)
-    Y = stride.measure(bank.to(device), tokens, progress=lambda done, total: log(f"measured {done}/{total} queries"))
+    feats, base = store.load_query_features(batch, form, layer, queries["query_id"].to_list(), device)
+    Y = stride.measure(bank.to(device), tokens, progress=lambda done, total: log(f"measured {done}/{total} queries"),
+                       feats=feats)
     seconds = stride.seconds["measure"]
-    base = stride.base_losses(tokens)
     frame = pl.DataFrame({"query_id": queries["query_id"], "base_loss": base.astype(np.float32),
                           "response": Y.tolist()}, schema_overrides={"response": pl.Array(pl.Float32, bank.K)})
     key = block_key(shard, batch)
