@@ -210,7 +210,7 @@ def test_the_attribution_report_shades_the_query_tokens_each_example_drives(whic
     page = (store.root / "attribution_report" / "default" / "report.html").read_text()
     scores = store.read_scores(["default"])
     queries = store.read_queries("default")
-    first = queries["query_id"][0]
+    first = queries.filter(pl.col("kind") == "prompt")["query_id"][0]  # the user's prompt is among those shaded
     card = page.split(f"<h2>Query <code>{first}</code></h2>")[1].split("</article>")[0]
     items = re.findall(r'<li data-item><a href="#ex-\d+"><code>([^<]+)</code></a>(.*?)</li>', card, re.S)
     shaded = [(eid, [float(v) for v in re.findall(r'data-score="([^"]+)"', body)]) for eid, body in items]

@@ -285,7 +285,7 @@ class ReportConfig(_Strict):
 
     shown_per_side: int = Field(10, ge=1, description="most helpful and most harmful examples shown per query")
     token_queries: int = Field(
-        20, ge=0, description="the batch's first queries whose shown examples get per-token scores (one "
+        20, ge=0, description="queries whose shown examples get per-token scores, the user's prompts first (one "
         "measurement of those queries with the stored operators or factors); 0: none")
 
 

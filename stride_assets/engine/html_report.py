@@ -98,7 +98,8 @@ def attribution_page(queries: pl.DataFrame, scores: pl.DataFrame, corpus: pl.Dat
     with_tokens = len({q for q, _ in heat})
     summary = (f"{queries.height} queries" + (f" of batch {batch}" if batch else "") + f"; for each its {k} most "
                f"helpful and {k} most harmful training examples. Marked: word {n}-grams shared by query and example."
-               + (f" Shaded (first {with_tokens} queries): the query tokens each example helps (green) or hurts (red)."
+               + (f" Shaded ({with_tokens} queries, prompts first): the query tokens each example helps (green) or "
+                  "hurts (red)."
                   if with_tokens else ""))
     body = ("".join(cards) + f'<h2 id="examples">Examples, with the queries they drive ({len(index)})</h2>'
             + "".join(index))

@@ -1,6 +1,7 @@
 """Stage ``attribution_report[batch]``: one query batch's influence as a page people can read
 (``engine/html_report.py``): per query its most helpful and most harmful training examples, and for
-the batch's first ``report.token_queries`` queries the query tokens each shown example drives
+``report.token_queries`` queries of the batch (the user's prompts first, then in batch order) the
+query tokens each shown example drives
 (``token_attribution.pair_tokens``: the stored operators or factors, applied once more)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stride_assets.engine.store import Store
 def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str) -> StageResult:
     """A self-contained HTML page of one query batch's influence: each query's most helpful and most
     harmful training examples with their text and score, shared text marked, the query tokens each
-    example helps or hurts shaded (first queries of the batch), searchable."""
+    example helps or hurts shaded (the user's prompts first), searchable."""
     rc = cfg.report
     queries = store.read_queries(batch)
     scores = store.read_scores([batch]).select("query_id", "example_id", "score")
@@ -29,7 +30,8 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str)
     if rc.token_queries:
         from stride_assets.engine.token_attribution import pair_tokens  # it reads the stages' tables: a cycle at import
 
-        first = queries.head(rc.token_queries)
+        order = queries.sort(pl.col("kind") != "prompt", maintain_order=True) if "kind" in queries.columns else queries
+        first = order.head(rc.token_queries)  # the user's prompts first
         shown = top_examples(scores.join(first.select("query_id"), on="query_id"), rc.shown_per_side)
         tokens, strings = pair_tokens(first, shown, store, batch)
     page = attribution_page(queries, scores, train, rc.shown_per_side, batch, tokens=tokens, strings=strings)
