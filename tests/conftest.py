@@ -28,6 +28,16 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     os.environ.update(saved)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser of the report and Dagster UI tests (``make setup`` installs it)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("chromium is not installed: run `make setup` (it installs Debian's chromium with apt-get), "
+                    "or `apt-get install chromium`")
+    return found
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Any:
     """One torch thread for tiny models: on a shared 2-core machine, 2-thread barriers stall 5-15x

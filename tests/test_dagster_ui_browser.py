@@ -201,15 +201,6 @@ def _browser(chromium: str, tmp_path: Path) -> Iterator[Page]:
         _stop(proc)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("chromium is not installed: run `make setup` (it installs Debian's chromium with apt-get), "
-                    "or `apt-get install chromium`")
-    return found
-
-
 # the metadata table row of an entry, by its label; the link that opens a long markdown value
 ROW = """[...document.querySelectorAll('tr')].find(tr => tr.cells.length > 1 && tr.cells[0].innerText.trim() === %s)"""
 SHOW_MARKDOWN = f"""(() => {{ const row = {ROW}; if (!row) return false;

@@ -5,7 +5,6 @@ micro run in ``test_integration.py``."""
 
 import io
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -73,15 +72,6 @@ class Elements(HTMLParser):
 
     def hidden(self, ident: str) -> bool:
         return "hidden" in self.by_id(ident)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("chromium is not installed: run `make setup` (it installs Debian's chromium with apt-get), "
-                    "or `apt-get install chromium`")
-    return found
 
 
 def _browse(chromium: str, page: Path, tmp_path: Path, *args: str, fragment: str = "") -> str:
