@@ -302,3 +302,34 @@ def test_vocabulary_sized_operators_are_refused_above_the_guard_and_columns_pass
         Stride(site, dense)._bank_for(design, batch)
     bank = Stride(site, dense.with_(operators={"columns": 64}))._bank_for(design, batch)
     assert bank.sparse and bank.A.shape[-1] <= 50  # at most the tokens the members predict
+
+
+@pytest.mark.parametrize("m", [4, 20])  # 8m <= C gathers the operators' columns, 8m > C scatters them
+def test_column_first_order_needs_no_vocabulary_and_equals_the_dense_gradient(m):
+    """A column bank's first-order responses from the loss gradient at its own columns only
+    (column_logits.loss_gradient) equal those of the dense bank it scatters into, with and without the
+    stored log-normalisers, on padded rows and a loss mask."""
+    from stride_assets.engine.config import StrideConfig
+    from stride_assets.engine.measure import first_order
+    from stride_assets.engine.stride import Stride
+
+    model, batch = gpt2(), batch_of(n=8, T=12, seed=5)
+    batch["loss_mask"] = (torch.arange(12) >= 4).long().expand(8, 12).clone()
+    site = make_site(model, "logit")
+    feats = encode_all(site, batch)
+    K = 6
+    bank = OperatorBank(K, site.in_dim, VOCAB, rank=3, init_scale=0.3, seed=2, columns=m)
+    index = torch.stack([torch.randperm(VOCAB)[:m] for _ in range(K)])
+    index[0, m // 2:] = VOCAB  # an operator with unused slots
+    bank.set_columns(index).set_feature_stats(feats, batch["attention_mask"])
+    dense = OperatorBank(K, site.in_dim, VOCAB, rank=3, seed=2)
+    dense.load_state_dict({**bank.state_dict(), "A": bank.dense_A(), "column_index": dense.column_index})
+    want = first_order(site, dense, feats, batch)
+    got = first_order(site, bank, feats, batch)
+    assert want.abs().max() > 1e-3 and torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    _, lse = Stride(site, StrideConfig()).base_pass(batch, feats)
+    assert lse.shape == batch["input_ids"].shape
+    stored = responses(site, bank, batch, feats=feats, lse=lse, query_batch=16)
+    assert np.array_equal(stored, responses(site, bank, batch, feats=feats, query_batch=16))
+    (g_col,) = torch.autograd.grad(first_order(site, bank, feats, batch, differentiable=True).sum(), bank.A)
+    assert torch.isfinite(g_col).all() and g_col.abs().sum() > 0

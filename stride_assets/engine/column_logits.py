@@ -13,6 +13,12 @@ so a training step costs T x m x d_model per pair where the dense logit form cos
 (m is a few hundred to a few thousand; V is 50,257 for GPT-2 and 151,936 for Qwen2.5). The
 values equal the dense form's (``sequence_nll`` and ``token_kl`` on ``base + shift``) up to
 rounding; ``tests/test_operators.py`` checks that.
+
+First-order measurement needs the query loss's gradient only at the columns some operator of
+the bank keeps (``loss_gradient``): d nll_t / d logit_c = p_c - [c = y_t], from the base logits
+of those columns and each token's ``lse`` (stored once per query batch by ``query_features``),
+so a shard's block costs T x u x d_model per query (u: the bank's distinct columns) instead of a
+full-vocabulary head pass and its backward.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from stride_assets.engine.backbone import Batch, LogitSite, Site
-from stride_assets.engine.losses import position_weights, shift_targets
+from stride_assets.engine.losses import check_finite, position_weights, shift_targets
 from stride_assets.engine.operators import OperatorBank
 
 
@@ -34,6 +40,35 @@ def base_lse(site: LogitSite, feats: torch.Tensor, chunk: int = 32) -> torch.Ten
     """The base model's log-normaliser of every token, (n, T): one pass of the head, ``chunk`` rows at a time."""
     return torch.cat([torch.logsumexp(site.logits(feats[s:s + chunk], {}), dim=-1)
                       for s in range(0, feats.shape[0], chunk)])
+
+
+def query_lse(site: LogitSite, feats: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The base log-normaliser (N, T) of a query chunk: what ``query_features`` stores per batch (the same
+    computation on the same chunk, so responses from stored and from fresh values are identical)."""
+    return torch.logsumexp(site.logits(feats, batch), dim=-1)
+
+
+def loss_gradient(site: LogitSite, bank: OperatorBank, feats: torch.Tensor, batch: Batch,
+                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """d (sequence loss) / d logit at the bank's columns: (the columns, sorted (u,), the gradient (N, T, u)).
+
+    Target t of a sequence weighs w_t / sum w (``shift_targets``' weights), so the gradient at position t is
+    w_t / sum w * (p_c - [c = y_t]) and 0 at the last position (it predicts nothing)."""
+    columns = torch.unique(bank.column_index)
+    columns = columns[columns < site.out_dim]
+    lse = query_lse(site, feats, batch) if lse is None else lse.to(feats.device)
+    check_finite(lse, "query loss")
+    head = site.head
+    logits = feats[:, :-1].float() @ head.weight[columns].float().T  # (N, T-1, u)
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[columns].float()
+    targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
+    scale = (weights / weights.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+    p = torch.exp(logits - lse[:, :-1].unsqueeze(-1))
+    hit = (targets.unsqueeze(-1) == columns).to(p.dtype)
+    grad = feats.new_zeros(feats.shape[0], feats.shape[1], columns.numel())
+    grad[:, :-1] = (p - hit) * scale
+    return columns, grad
 
 
 class ColumnLogits:

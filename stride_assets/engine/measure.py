@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from stride_assets.engine import column_logits
 from stride_assets.engine.backbone import Batch, Site, take
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.losses import check_finite, shift_targets, token_nll
@@ -68,14 +69,20 @@ def _project(bank: OperatorBank, codes: torch.Tensor, grad: torch.Tensor) -> tor
 
 def first_order(
     site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, differentiable: bool = False,
-    per_token: bool = False,
+    per_token: bool = False, lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """First-order responses (N, K) of N examples from their cached features; with ``per_token``,
     each target token's (N, T-1, K) (0 on unscored targets).
 
     The gradient at the attachment point depends only on the frozen model; with
-    ``differentiable=True`` the result keeps the graph to the operator parameters.
+    ``differentiable=True`` the result keeps the graph to the operator parameters. A column bank
+    on the logit site needs it only at the bank's columns (``column_logits.loss_gradient``; ``lse``:
+    the examples' base log-normalisers when stored, else computed).
     """
+    if column_logits.applies(site, bank) and not per_token:
+        columns, grad = column_logits.loss_gradient(site, bank, feats, batch, lse)
+        with torch.set_grad_enabled(differentiable):
+            return -bank.contract(torch.einsum("ntr,ntc->nrc", bank.codes(feats), grad), columns=columns)
     shift0 = torch.zeros(*feats.shape[:-1], site.out_dim, dtype=torch.float32, device=feats.device,
                          requires_grad=True)
     with torch.enable_grad():
@@ -117,10 +124,11 @@ def exact(site: Site, bank: OperatorBank, feats: torch.Tensor, batch: Batch, ope
 
 
 def _measure(site: Site, bank: OperatorBank, sub: Batch, mode: str, operator_chunk: int,
-             per_token: bool = False, feats: torch.Tensor | None = None) -> torch.Tensor:
+             per_token: bool = False, feats: torch.Tensor | None = None,
+             lse: torch.Tensor | None = None) -> torch.Tensor:
     feats = site.encode(sub) if feats is None else feats
     if mode == "first_order":
-        return first_order(site, bank, feats, sub, per_token=per_token)
+        return first_order(site, bank, feats, sub, per_token=per_token, lse=lse)
     if mode == "exact":
         return exact(site, bank, feats, sub, operator_chunk, per_token=per_token)
     raise ValueError(f"unknown measurement mode {mode!r} (first_order or exact)")
@@ -135,18 +143,22 @@ def responses(
     operator_chunk: int = 64,
     progress: Callable[[int, int], None] | None = None,
     feats: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
 ) -> np.ndarray:
     """The response matrix (N, K) for the N examples of ``batch`` (queries or training probes);
-    ``feats``: their features at the site, computed once for every bank (``site.encode``'s, (N, T, in_dim))."""
+    ``feats``: their features at the site, computed once for every bank (``site.encode``'s, (N, T, in_dim));
+    ``lse``: their base log-normalisers (N, T) on the logit site (``query_features``), read by column banks."""
     n = next(iter(batch.values())).shape[0]
-    if feats is not None and feats.shape[0] != n:
-        raise StrideInputError(f"features of {feats.shape[0]} rows for a batch of {n}")
+    for name, given in (("features", feats), ("log-normalisers", lse)):
+        if given is not None and given.shape[0] != n:
+            raise StrideInputError(f"{name} of {given.shape[0]} rows for a batch of {n}")
     rows = []
     bank.eval()
     for start in range(0, n, query_batch):
         index = torch.arange(start, min(start + query_batch, n))
         sub = take(batch, index)
-        rows.append(_measure(site, bank, sub, mode, operator_chunk, feats=None if feats is None else feats[index]))
+        rows.append(_measure(site, bank, sub, mode, operator_chunk, feats=None if feats is None else feats[index],
+                             lse=None if lse is None else lse[index]))
         if progress:
             progress(min(start + query_batch, n), n)
     return torch.cat(rows).cpu().numpy().astype(np.float32)

@@ -123,18 +123,26 @@ class OperatorBank(nn.Module):
         full = A.new_zeros(A.shape[0], A.shape[1], C + 1)
         return full.scatter(-1, index.unsqueeze(1).expand(-1, A.shape[1], -1), A)[..., :C]
 
-    def contract(self, projected: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    def contract(self, projected: torch.Tensor, chunk_elements: int = 1 << 24,
+                 columns: torch.Tensor | None = None) -> torch.Tensor:
         """sum_{r,c} projected[n, r, c] * A_k[r, c] for every operator: (N, r, C) -> (N, K).
 
         A column bank gathers each operator's m columns of ``projected`` when m is small against C
         (a big vocabulary), and otherwise scatters chunks of operators into full matrices (one BLAS
-        product; measured faster while m > C / 8)."""
+        product; measured faster while m > C / 8). ``columns`` (u,): a column bank's ``projected`` is
+        given only at those outputs, (N, r, u), and every column the bank keeps is among them."""
+        C = self.spec["out_dim"]
+        if columns is not None:
+            if not self.sparse or self.G is not None:
+                raise ValueError("projected at some columns only serves a column bank without background")
+            if 8 * self.A.shape[-1] > C:  # the dense product below wants every output
+                projected = projected.new_zeros(*projected.shape[:2], C).index_copy(-1, columns, projected)
+                columns = None
         if self.U is not None:
             return torch.einsum("nrs,krs->nk", projected @ self.U.T, self.A)
         if not self.sparse:
             return torch.einsum("nrc,krc->nk", projected, self.A)
         N, r, m = projected.shape[0], projected.shape[1], self.A.shape[-1]
-        C = self.spec["out_dim"]
         out = []
         if 8 * m > C:
             step = max(1, chunk_elements // max(1, r * C))
@@ -142,9 +150,14 @@ class OperatorBank(nn.Module):
                 out.append(torch.einsum("nrc,krc->nk", projected, self.dense_A(start, start + step)))
         else:
             padded = torch.cat([projected, projected.new_zeros(N, r, 1)], dim=-1)
+            index = self.column_index
+            if columns is not None:  # output c -> its position in ``columns``; C (unused slots) -> the zero column
+                where = index.new_full((C + 1,), columns.numel())
+                where[columns] = torch.arange(columns.numel(), device=index.device)
+                index = where[index]
             step = max(1, chunk_elements // max(1, N * r * m))
             for start in range(0, self.K, step):
-                picked = padded[:, :, self.column_index[start:start + step]]  # (N, r, k, m)
+                picked = padded[:, :, index[start:start + step]]  # (N, r, k, m)
                 out.append(torch.einsum("nrkm,krm->nk", picked, self.A[start:start + step]))
         sparse = torch.cat(out, dim=1)
         if self.G is None:

@@ -236,8 +236,9 @@ class Store:
 
     def load_query_features(self, batch: str, form: str, layer: int | None, query_ids: list[str],
                             device: str = "cpu"):
-        """Query batch ``batch``'s features at the site of ``form`` / ``layer`` and its base losses,
-        checked to be of the same queries and site as the operators about to use them."""
+        """Query batch ``batch``'s features at the site of ``form`` / ``layer``, its base losses and (logit
+        site) its tokens' base log-normalisers (else None), checked to be of the same queries and site as the
+        operators about to use them."""
         from stride_assets.engine.artifacts import load_tensors
 
         args = self.read_args("query_features", batch)
@@ -249,7 +250,7 @@ class Store:
             raise StrideInputError(f"query_features[{batch}] are of another version of query batch {batch!r}: "
                                    "re-materialize them")
         tensors = load_tensors(self.verify(self.require("query_features", batch)), device)
-        return tensors["features"], tensors["base_loss"].numpy()
+        return tensors["features"], tensors["base_loss"].numpy(), tensors.get("lse")
 
     def read_responses(self, batch: str, shards: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
         """The batch's responses to every shard's operators, side by side: (query frame, Q x sum K)."""

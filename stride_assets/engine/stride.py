@@ -127,32 +127,41 @@ class Stride:
         return bank, trainlog
 
     def measure(self, bank: OperatorBank, batch: Batch, progress: Callable[[int, int], None] | None = None,
-                feats: torch.Tensor | None = None) -> np.ndarray:
+                feats: torch.Tensor | None = None, lse: torch.Tensor | None = None) -> np.ndarray:
         """Phase 3: the (queries x K) response matrix of ``batch`` to the bank's operators (``feats``: the
-        queries' features at the site, ``cache_features``, shared by every shard's bank)."""
+        queries' features at the site, ``cache_features``, and ``lse`` their base log-normalisers on the
+        logit site, ``base_pass``: both shared by every shard's bank)."""
         mc = self.cfg.measure
         with self.phase("measure"):
             return responses(self.site, bank, batch, mc.mode, mc.query_batch, mc.operator_chunk, progress=progress,
-                             feats=feats)
+                             feats=feats, lse=lse)
 
     def recover(self, Y: np.ndarray, membership: sp.csr_matrix, recovery=None) -> Recovery:
         """Phase 4: per-query Lasso of ``Y`` against the membership matrix (``recovery`` overrides the settings)."""
         with self.phase("recover"):
             return recover(Y, membership, recovery or self.cfg.recovery)
 
-    @torch.no_grad()
     def base_losses(self, batch: Batch, feats: torch.Tensor | None = None) -> np.ndarray:
-        """Each example's loss under the frozen model, in chunks (all logits at once can take GBs), from
-        its features at the site when given."""
+        """Each example's loss under the frozen model (``base_pass``)."""
+        return self.base_pass(batch, feats)[0]
+
+    @torch.no_grad()
+    def base_pass(self, batch: Batch, feats: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Each example's loss under the frozen model and, on the logit site, every token's log-normaliser
+        (N, T) (what a column bank's first-order responses read), in the measurement's query chunks (all
+        logits at once can take GBs), from the examples' features at the site when given."""
         chunk, site = self.cfg.measure.query_batch, self.site
         n = batch["input_ids"].shape[0]
-        parts = []
+        losses, lse = [], []
         for start in range(0, n, chunk):
             index = torch.arange(start, min(start + chunk, n), device=batch["input_ids"].device)
             sub = take(batch, index)
             f = site.encode(sub) if feats is None else feats[index]
-            parts.append(site.example_loss(site.logits(f, sub), sub).cpu())
-        return torch.cat(parts).numpy()
+            logits = site.logits(f, sub)
+            losses.append(site.example_loss(logits, sub).cpu())
+            if site.form == "logit":
+                lse.append(torch.logsumexp(logits, dim=-1))
+        return torch.cat(losses).numpy(), torch.cat(lse) if lse else None
 
     def diagnostics(self, bank: OperatorBank, batch: Batch, design: SubsetDesign, seed: int) -> dict[str, float]:
         """Collapse and fit diagnostics on a probe of training examples (not timed as a phase).

@@ -460,14 +460,13 @@ def stride_rates(form: str, cfg: StrideConfig, model: torch.nn.Module, train: Ba
         responses from them (perturbation_matrix): (forward seconds, responses seconds, Y)."""
         rows = _rows(queries, count)
 
-        def features() -> torch.Tensor:
+        def features() -> tuple[torch.Tensor, torch.Tensor | None]:
             with torch.no_grad():
                 feats = encode_all(stride.site, rows, qb)
-            stride.base_losses(rows, feats)
-            return feats
+            return feats, stride.base_pass(rows, feats)[1]
 
-        forward, feats = timed(features)
-        s, Y = spent(stride, "measure", lambda: stride.measure(bank, rows, feats=feats))
+        forward, (feats, lse) = timed(features)
+        s, Y = spent(stride, "measure", lambda: stride.measure(bank, rows, feats=feats, lse=lse))
         return forward, s, Y
 
     with peak_rss() as mem:

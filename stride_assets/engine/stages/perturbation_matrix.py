@@ -27,9 +27,9 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], shard: str,
     form, layer = args["operators"]["form"], args["layer"]
     stride = Stride(make_site(model.to(device), form, layer), cfg)
     tokens = lm.frame_batch(tokenizer, queries, cfg.model.max_length, device)
-    feats, base = store.load_query_features(batch, form, layer, queries["query_id"].to_list(), device)
+    feats, base, lse = store.load_query_features(batch, form, layer, queries["query_id"].to_list(), device)
     Y = stride.measure(bank.to(device), tokens, progress=lambda done, total: log(f"measured {done}/{total} queries"),
-                       feats=feats)
+                       feats=feats, lse=lse)
     seconds = stride.seconds["measure"]
     frame = pl.DataFrame({"query_id": queries["query_id"], "base_loss": base.astype(np.float32),
                           "response": Y.tolist()}, schema_overrides={"response": pl.Array(pl.Float32, bank.K)})

@@ -3,7 +3,9 @@ losses, computed once and read by every shard's ``perturbation_matrix[batch|shar
 
 The frozen model below the site is the same for every shard's bank, so its forward pass over the
 queries is done here once instead of once per shard (on GPT-2 124M it is ~45% of a block's work),
-and a shard whose operators change is re-measured without running it again."""
+and a shard whose operators change is re-measured without running it again. On the logit site it also
+keeps each token's base log-normaliser, so a column bank's block computes logits only at its own
+columns (``column_logits.loss_gradient``), not over the vocabulary once per shard."""
 
 from __future__ import annotations
 
@@ -30,8 +32,11 @@ def run(cfg: StrideConfig, store: Store, log: Callable[[str], None], batch: str)
     tokens = lm.frame_batch(tokenizer, queries, cfg.model.max_length, device)
     with torch.no_grad():
         feats = stride.cache_features(tokens)
-    base = stride.base_losses(tokens, feats)
-    path = save_tensors({"features": feats, "base_loss": torch.as_tensor(base)}, store.file("query_features", batch))
+    base, lse = stride.base_pass(tokens, feats)
+    tensors = {"features": feats, "base_loss": torch.as_tensor(base)}
+    if lse is not None:  # the logit site: every token's base log-normaliser, for the column banks' responses
+        tensors["lse"] = lse
+    path = save_tensors(tensors, store.file("query_features", batch))
     store.seal(path)
     layer = getattr(stride.site, "layer", None)
     store.write_args("query_features", {"form": oc.form, "layer": layer, "max_length": cfg.model.max_length,
