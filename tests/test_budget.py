@@ -218,3 +218,9 @@ def test_ekfac_factor_bytes_match_kronfluence(micro_model, tmp_path, one_torch_t
     written = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     predicted = est.disk("influence_factors")
     assert predicted <= written <= predicted * 1.02 + 16_384
+
+
+def test_constants_copied_to_keep_budget_free_of_torch_match_their_sources():
+    from stride_assets.engine.column_logits import PROBABILITY_CACHE_BYTES
+
+    assert budget.COLUMN_CACHE_BYTES == PROBABILITY_CACHE_BYTES

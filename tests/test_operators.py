@@ -246,7 +246,8 @@ def test_row_adam_matches_adam_on_touched_rows_and_leaves_the_others() -> None:
     assert moved.tolist() == [False, True, False, False, True, False]
 
 
-def test_column_losses_equal_the_dense_losses_without_the_vocabulary():
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])  # base probabilities computed per step / kept
+def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes):
     """The vocabulary-free losses of a column bank (column_logits) equal the site's full-vocabulary ones."""
     from stride_assets.engine.column_logits import ColumnLogits, applies
     from stride_assets.engine.operators import member_columns
@@ -261,7 +262,8 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary():
     bank = OperatorBank(design.K, site.in_dim, VOCAB, rank=3, init_scale=0.5, seed=0, columns=index.shape[1])
     bank.set_columns(index).set_feature_stats(feats, batch["attention_mask"])
     assert applies(site, bank) and not applies(make_site(model, "head"), bank)
-    fast, dense = ColumnLogits(site, bank, feats), SiteLosses(site, bank)
+    fast, dense = ColumnLogits(site, bank, feats, cache_bytes), SiteLosses(site, bank)
+    assert (fast.p is None) == (cache_bytes == 0)
     rows, ops = torch.tensor([0, 3, 3, 15, 7]), torch.tensor([1, 0, 4, 2, 2])
     sub = {k: v[rows] for k, v in batch.items()}
     for name in ("fidelity", "stability"):

@@ -35,6 +35,7 @@ F32 = 4
 MEMORY_SHARE = 0.8  # of the machine's RAM, when budget.memory_gb is not set
 EVAL_BATCH = 64  # lm.example_losses' batch (the base model's train/held-out NLL)
 KRONFLUENCE_QUERY_BATCH = 16  # ekfac.Influence.query_batch_size
+COLUMN_CACHE_BYTES = 256 * 2**20  # column_logits.PROBABILITY_CACHE_BYTES (tests/test_budget.py checks the copy)
 SCORE_ROW_DISK = 40  # ≈ bytes per row of scores.parquet (two ids, an index, a float)
 SCORE_ROW_MEMORY = 64  # ≈ bytes per row of the scores frame (polars strings, the join)
 STRIDE_METHODS = ("stride", "ensemble")
@@ -341,6 +342,11 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
     add(Row(stage, "gradients + Adam moments", 3 * params + lazy, 0,
             f"3 x bank parameters x 4 B = 3 x {params // F32:,} x 4" + (f" + K x 8 (lazy_adam steps)" if lazy else ""),
             settings))
+    if oc.form == "logit" and Cm < C and not oc.background:  # column_logits.ColumnLogits's cache, when it fits
+        cached = n * T * (V + 1) * F32
+        if cached <= COLUMN_CACHE_BYTES:
+            add(Row(stage, "base probabilities (kept: under 256 MiB)", cached, 0,
+                    f"n x T x (V + 1) x 4 B = {n:,} x {T} x {V + 1:,} x 4", ("corpus.shard_size", "model.max_length")))
     stability = tc.stability_weight > 0
     copies = 10 if stability else 4
     add(Row(stage, "logits per training step", copies * B * T * V * F32, 0,
@@ -368,13 +374,23 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
     add(Row(stage, "model weights", weights.memory_bytes, 0, weights.formula, weights.settings))
     add(Row(stage, "query features", 2 * feats, Q_all * T * in_dim * F32,
             f"2 x {feats_formula} (computed + saved); disk: every batch's", queries))
+    qb = min(mc.query_batch, Q)
+    if oc.form == "logit":  # the base pass keeps each token's log-normaliser for the column banks
+        add(Row(stage, "base logits per query batch + log-normalisers", 2 * qb * T * V * F32, Q_all * T * F32,
+                f"2 x qb x T x V x 4 B, qb = measure.query_batch {qb}; disk: Q x T x 4 B",
+                ("measure.query_batch",)))
+
 
     stage = "perturbation_matrix"
-    qb = min(mc.query_batch, Q)
     add(Row(stage, "model weights", weights.memory_bytes, 0, weights.formula, weights.settings))
     add(Row(stage, "query features", feats, 0, feats_formula, queries))
     add(Row(stage, "operator bank", sum(bank.values()), 0, "A + basis + buffers (as above)", settings))
-    if mc.mode == "first_order":
+    if mc.mode == "first_order" and oc.form == "logit" and Cm < C and not oc.background:
+        u = min(C, K * Cm)  # the bank's distinct columns (column_logits.loss_gradient), at most K x columns
+        add(Row(stage, "logits + gradient at the bank's columns per query batch", 4 * qb * T * u * F32
+                + qb * r * u * F32, 0, f"≈ 4 x qb x T x u x 4 + qb x r x u x 4 B, u = min(C, K x columns) = {u:,}, "
+                f"qb = measure.query_batch {qb}", ("measure.query_batch", "operators.columns")))
+    elif mc.mode == "first_order":
         add(Row(stage, "logits + gradient per query batch", (4 * V + 2 * C + in_dim) * qb * T * F32 + qb * r * Cm * F32,
                 0, f"≈ qb x T x (4V + 2C + in_dim) x 4 + qb x r x C x 4 B, qb = measure.query_batch {qb}",
                 ("measure.query_batch",)))

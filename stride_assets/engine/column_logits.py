@@ -35,13 +35,6 @@ def applies(site: Site, bank: OperatorBank) -> bool:
     return isinstance(site, LogitSite) and site.form == "logit" and bank.sparse and bank.G is None
 
 
-@torch.no_grad()
-def base_lse(site: LogitSite, feats: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """The base model's log-normaliser of every token, (n, T): one pass of the head, ``chunk`` rows at a time."""
-    return torch.cat([torch.logsumexp(site.logits(feats[s:s + chunk], {}), dim=-1)
-                      for s in range(0, feats.shape[0], chunk)])
-
-
 def query_lse(site: LogitSite, feats: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The base log-normaliser (N, T) of a query chunk: what ``query_features`` stores per batch (the same
     computation on the same chunk, so responses from stored and from fresh values are identical)."""
@@ -71,20 +64,43 @@ def loss_gradient(site: LogitSite, bank: OperatorBank, feats: torch.Tensor, batc
     return columns, grad
 
 
+PROBABILITY_CACHE_BYTES = 256 * 2**20  # a shard's base probabilities (n x T x V) are kept below this size
+
+
 class ColumnLogits:
     """Losses of column bank ``bank`` on ``site`` from cached features (``feats``: the training cache, whose
-    ``lse`` is computed once here; ``rows`` index into it). The interface of ``training.SiteLosses``."""
+    ``lse`` is computed once here; ``rows`` index into it). The interface of ``training.SiteLosses``.
 
-    def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor):
+    A shard whose base probabilities fit in ``cache_bytes`` (a small vocabulary: the tiny default's are
+    ~130 MB per shard of 256) keeps them, and a step gathers each pair's m columns instead of computing
+    them from the head (the einsum below: about half a step's products); a big vocabulary computes them."""
+
+    def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor,
+                 cache_bytes: int = PROBABILITY_CACHE_BYTES):
         self.bank = bank
         head = site.head
         self.weight = head.weight.float()  # (V, d)
         self.bias = None if getattr(head, "bias", None) is None else head.bias.float()
-        self.V = self.weight.shape[0]
+        self.V = V = self.weight.shape[0]
         # one zero row / zero bias for the padded column index V
         self._padded_weight = torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])
         self._padded_bias = None if self.bias is None else torch.cat([self.bias, self.bias.new_zeros(1)])
-        self.lse = base_lse(site, feats)
+        keep = feats.shape[0] * feats.shape[1] * (V + 1) * 4 <= cache_bytes
+        self.p = feats.new_zeros(*feats.shape[:2], V + 1) if keep else None  # column V: the padded slots' 0
+        lse = []
+        with torch.no_grad():
+            for start in range(0, feats.shape[0], 32):
+                logits = site.logits(feats[start:start + 32], {})
+                lse.append(torch.logsumexp(logits, dim=-1))
+                if keep:
+                    self.p[start:start + 32, :, :V] = torch.exp(logits - lse[-1].unsqueeze(-1))
+        self.lse = torch.cat(lse)
+        # slot[k, c]: where output c sits among operator k's columns (m where it is not one of them)
+        index = bank.column_index
+        m = index.shape[1]
+        self.slot = index.new_full((bank.K, V + 1), m)
+        self.slot.scatter_(1, index, torch.arange(m, device=index.device).expand_as(index).contiguous())
+        self.slot[:, V] = m
 
     def _logits_at(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Base logits (N, T, m) at per-row columns ``index`` (N, m); padded columns (= V) give 0."""
@@ -93,32 +109,41 @@ class ColumnLogits:
             out = out + self._padded_bias[index].unsqueeze(1)
         return out
 
+    def _probabilities(self, feats: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
+                       lse: torch.Tensor) -> torch.Tensor:
+        """Base probabilities (N, T, m) of rows ``rows`` at their operators' columns ``index``; 0 on padded slots."""
+        T = feats.shape[1]
+        if self.p is not None:
+            return self.p[rows, :T].gather(-1, index.unsqueeze(1).expand(-1, T, -1))
+        return torch.exp(self._logits_at(feats, index) - lse.unsqueeze(-1)) * (index < self.V).unsqueeze(1)
+
     def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):
-        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), the index, lse (N, T)."""
+        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), lse (N, T)."""
         bank = self.bank
         index = bank.column_index[ops]  # (N, m)
         s = torch.bmm(bank.codes(feats), bank.A[ops])  # (N, T, m)
         lse = self.lse[rows][:, :feats.shape[1]]
-        p = torch.exp(self._logits_at(feats, index) - lse.unsqueeze(-1)) * (index < self.V).unsqueeze(1)
+        p = self._probabilities(feats, rows, index, lse)
         delta = torch.log1p((p * torch.expm1(s)).sum(-1).clamp_min(-1 + 1e-6))
-        return delta, s, p, index, lse
+        return delta, s, p, lse
 
     def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
-        delta, s, _, index, lse = self._parts(feats[:, :-1], rows, ops)
+        delta, s, _, lse = self._parts(feats[:, :-1], rows, ops)
         targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
         w_y = self.weight[targets]  # (N, T-1, d)
         base_y = (feats[:, :-1].float() * w_y).sum(-1)
         if self.bias is not None:
             base_y = base_y + self.bias[targets]
-        hit = targets.unsqueeze(-1) == index.unsqueeze(1)  # (N, T-1, m)
-        s_y = (s * hit).sum(-1)
+        where = self.slot[ops].gather(1, targets)  # (N, T-1): the target's slot among the operator's columns
+        m = s.shape[-1]
+        s_y = s.gather(-1, where.clamp_max(m - 1).unsqueeze(-1)).squeeze(-1) * (where < m)
         nll = (lse - base_y - s_y + delta) * weights
         return (nll.sum(-1) / weights.sum(-1).clamp_min(1.0)).mean()
 
     def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
-        delta, s, p, _, _ = self._parts(feats, rows, ops)
+        delta, s, p, _ = self._parts(feats, rows, ops)
         kl = delta - (p * s).sum(-1)
         mask = position_weights(batch["attention_mask"], batch.get("loss_mask")).to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)
