@@ -342,7 +342,8 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
     add(Row(stage, "gradients + Adam moments", 3 * params + lazy, 0,
             f"3 x bank parameters x 4 B = 3 x {params // F32:,} x 4" + (f" + K x 8 (lazy_adam steps)" if lazy else ""),
             settings))
-    if oc.form == "logit" and Cm < C and not oc.background:  # column_logits.ColumnLogits's cache, when it fits
+    column_path = bool(m) and not oc.background  # column_logits.applies: a column bank on the logit site
+    if column_path:  # column_logits.ColumnLogits keeps the shard's base probabilities when they fit
         cached = n * T * (V + 1) * F32
         if cached <= COLUMN_CACHE_BYTES:
             add(Row(stage, "base probabilities (kept: under 256 MiB)", cached, 0,
@@ -380,12 +381,11 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
                 f"2 x qb x T x V x 4 B, qb = measure.query_batch {qb}; disk: Q x T x 4 B",
                 ("measure.query_batch",)))
 
-
     stage = "perturbation_matrix"
     add(Row(stage, "model weights", weights.memory_bytes, 0, weights.formula, weights.settings))
     add(Row(stage, "query features", feats, 0, feats_formula, queries))
     add(Row(stage, "operator bank", sum(bank.values()), 0, "A + basis + buffers (as above)", settings))
-    if mc.mode == "first_order" and oc.form == "logit" and Cm < C and not oc.background:
+    if mc.mode == "first_order" and column_path:
         u = min(C, K * Cm)  # the bank's distinct columns (column_logits.loss_gradient), at most K x columns
         add(Row(stage, "logits + gradient at the bank's columns per query batch", 4 * qb * T * u * F32
                 + qb * r * u * F32, 0, f"≈ 4 x qb x T x u x 4 + qb x r x u x 4 B, u = min(C, K x columns) = {u:,}, "
