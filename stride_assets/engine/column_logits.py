@@ -47,24 +47,56 @@ def loss_gradient(site: LogitSite, bank: OperatorBank, feats: torch.Tensor, batc
 
     Target t of a sequence weighs w_t / sum w (``shift_targets``' weights), so the gradient at position t is
     w_t / sum w * (p_c - [c = y_t]) and 0 at the last position (it predicts nothing)."""
-    columns = torch.unique(bank.column_index)
-    columns = columns[columns < site.out_dim]
+    used = torch.zeros(site.out_dim + 1, dtype=torch.bool, device=bank.column_index.device)
+    used[bank.column_index.reshape(-1)] = True
+    columns = used[:site.out_dim].nonzero().squeeze(1)  # sorted
     lse = query_lse(site, feats, batch) if lse is None else lse.to(feats.device)
     check_finite(lse, "query loss")
     head = site.head
-    logits = feats[:, :-1].float() @ head.weight[columns].float().T  # (N, T-1, u)
+    grad = feats.float() @ head.weight[columns].float().T  # (N, T, u): the logits, then in place the gradient
     if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[columns].float()
+        grad += head.bias[columns].float()
     targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
-    scale = (weights / weights.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
-    p = torch.exp(logits - lse[:, :-1].unsqueeze(-1))
-    hit = (targets.unsqueeze(-1) == columns).to(p.dtype)
-    grad = feats.new_zeros(feats.shape[0], feats.shape[1], columns.numel())
-    grad[:, :-1] = (p - hit) * scale
-    return columns, grad
+    grad.sub_(lse.unsqueeze(-1)).exp_()  # p_c
+    # -1 at each target that is one of the columns (the last position, which has none, gets weight 0 below)
+    slot = torch.searchsorted(columns, targets.contiguous()).clamp_max(columns.numel() - 1)
+    hit = (columns[slot] == targets).to(grad.dtype)
+    grad[:, :-1].scatter_add_(-1, slot.unsqueeze(-1), -hit.unsqueeze(-1))
+    scale = grad.new_zeros(grad.shape[:2])
+    scale[:, :-1] = weights / weights.sum(-1, keepdim=True).clamp_min(1.0)
+    return columns, grad.mul_(scale.unsqueeze(-1))
 
 
 PROBABILITY_CACHE_BYTES = 256 * 2**20  # a shard's base probabilities (n x T x V) are kept below this size
+
+
+class _Steered(torch.autograd.Function):
+    """Per token, delta = log(1 + sum_c p_c expm1(s_c)) and ps = sum_c p_c s_c for the shifts s = codes @ A at an
+    operator's m columns, with the gradient written out: d delta / d s_c = p_c exp(s_c) / (1 + u),
+    d ps / d s_c = p_c. Autograd over the same expressions keeps about three times as many (N, m, T)
+    intermediates and passes over them; this keeps one (expm1 s) and makes two passes in backward.
+
+    codes (N, T, r), A (N, r, m) (each pair's operator), p (N, m, T) (base probabilities, 0 on padded slots)."""
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor, A: torch.Tensor, p: torch.Tensor):
+        s = torch.bmm(A.transpose(1, 2), codes.transpose(1, 2))  # (N, m, T)
+        ps = (p * s).sum(1)
+        em1 = s.exp_().sub_(1)  # (torch's expm1 costs 2x exp here; the error, ~1e-7 per column, is far below a loss's)
+        u = (p * em1).sum(1)
+        live = u > -1 + 1e-6  # as the clamp below: no gradient where it binds
+        delta = torch.log1p(torch.where(live, u, torch.full_like(u, -1 + 1e-6)))
+        ctx.save_for_backward(codes, A, p, em1, torch.where(live, 1 / (1 + u), torch.zeros_like(u)))
+        return delta, ps
+
+    @staticmethod
+    def backward(ctx, g_delta: torch.Tensor, g_ps: torch.Tensor):
+        codes, A, p, em1, inv = ctx.saved_tensors
+        a = (g_delta * inv).unsqueeze(1)  # (N, 1, T)
+        grad_s = torch.addcmul(a + g_ps.unsqueeze(1), em1, a).mul_(p)  # p * (exp(s) a + g_ps)
+        grad_codes = torch.bmm(grad_s.transpose(1, 2), A.transpose(1, 2))  # (N, T, r)
+        grad_A = torch.bmm(codes.transpose(1, 2), grad_s.transpose(1, 2))  # (N, r, m)
+        return grad_codes, grad_A, None
 
 
 class ColumnLogits:
@@ -72,8 +104,9 @@ class ColumnLogits:
     ``lse`` is computed once here; ``rows`` index into it). The interface of ``training.SiteLosses``.
 
     A shard whose base probabilities fit in ``cache_bytes`` (a small vocabulary: the tiny default's are
-    ~130 MB per shard of 256) keeps them, and a step gathers each pair's m columns instead of computing
-    them from the head (the einsum below: about half a step's products); a big vocabulary computes them."""
+    ~130 MB per shard of 256) keeps them, laid out (n, V + 1, T) so that a pair's m columns are m contiguous
+    rows of T, and a step gathers them instead of computing them from the head (about half a step's
+    products); a big vocabulary computes them."""
 
     def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor,
                  cache_bytes: int = PROBABILITY_CACHE_BYTES):
@@ -85,15 +118,16 @@ class ColumnLogits:
         # one zero row / zero bias for the padded column index V
         self._padded_weight = torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])
         self._padded_bias = None if self.bias is None else torch.cat([self.bias, self.bias.new_zeros(1)])
-        keep = feats.shape[0] * feats.shape[1] * (V + 1) * 4 <= cache_bytes
-        self.p = feats.new_zeros(*feats.shape[:2], V + 1) if keep else None  # column V: the padded slots' 0
+        n, T = feats.shape[:2]
+        keep = n * T * (V + 1) * 4 <= cache_bytes
+        self.p = feats.new_zeros(n, V + 1, T) if keep else None  # row V: the padded slots' 0
         lse = []
         with torch.no_grad():
-            for start in range(0, feats.shape[0], 32):
+            for start in range(0, n, 32):
                 logits = site.logits(feats[start:start + 32], {})
                 lse.append(torch.logsumexp(logits, dim=-1))
                 if keep:
-                    self.p[start:start + 32, :, :V] = torch.exp(logits - lse[-1].unsqueeze(-1))
+                    self.p[start:start + 32, :V] = torch.exp(logits - lse[-1].unsqueeze(-1)).transpose(1, 2)
         self.lse = torch.cat(lse)
         # slot[k, c]: where output c sits among operator k's columns (m where it is not one of them)
         index = bank.column_index
@@ -102,48 +136,45 @@ class ColumnLogits:
         self.slot.scatter_(1, index, torch.arange(m, device=index.device).expand_as(index).contiguous())
         self.slot[:, V] = m
 
-    def _logits_at(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Base logits (N, T, m) at per-row columns ``index`` (N, m); padded columns (= V) give 0."""
-        out = torch.einsum("ntd,nmd->ntm", feats.float(), self._padded_weight[index])  # (N, m, d) gathered
-        if self._padded_bias is not None:
-            out = out + self._padded_bias[index].unsqueeze(1)
-        return out
-
     def _probabilities(self, feats: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
                        lse: torch.Tensor) -> torch.Tensor:
-        """Base probabilities (N, T, m) of rows ``rows`` at their operators' columns ``index``; 0 on padded slots."""
-        T = feats.shape[1]
+        """Base probabilities (N, m, T) of rows ``rows`` at their operators' columns ``index`` (N, m); 0 on padded slots."""
+        N, T = feats.shape[:2]
         if self.p is not None:
-            return self.p[rows, :T].gather(-1, index.unsqueeze(1).expand(-1, T, -1))
-        return torch.exp(self._logits_at(feats, index) - lse.unsqueeze(-1)) * (index < self.V).unsqueeze(1)
+            flat = self.p.view(-1, self.p.shape[-1])
+            picked = flat.index_select(0, (rows.unsqueeze(1) * (self.V + 1) + index).reshape(-1))
+            return picked.view(N, index.shape[1], -1)[..., :T]
+        logits = torch.bmm(self._padded_weight[index], feats.float().transpose(1, 2))  # (N, m, T)
+        if self._padded_bias is not None:
+            logits = logits + self._padded_bias[index].unsqueeze(-1)
+        return torch.exp(logits - lse.unsqueeze(1)) * (index < self.V).unsqueeze(-1)
 
     def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):
-        """Per token: delta (N, T), the shifts s (N, T, m), the base probabilities p (N, T, m), lse (N, T)."""
+        """Per token: delta (N, T), sum_c p_c s_c (N, T), the codes (N, T, r), the operators (N, r, m), lse (N, T)."""
         bank = self.bank
-        index = bank.column_index[ops]  # (N, m)
-        s = torch.bmm(bank.codes(feats), bank.A[ops])  # (N, T, m)
+        codes, A = bank.codes(feats), bank.A[ops]
         lse = self.lse[rows][:, :feats.shape[1]]
-        p = self._probabilities(feats, rows, index, lse)
-        delta = torch.log1p((p * torch.expm1(s)).sum(-1).clamp_min(-1 + 1e-6))
-        return delta, s, p, lse
+        delta, ps = _Steered.apply(codes, A, self._probabilities(feats, rows, bank.column_index[ops], lse))
+        return delta, ps, codes, A, lse
 
     def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
-        delta, s, _, lse = self._parts(feats[:, :-1], rows, ops)
+        delta, _, codes, A, lse = self._parts(feats[:, :-1], rows, ops)
         targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
         w_y = self.weight[targets]  # (N, T-1, d)
         base_y = (feats[:, :-1].float() * w_y).sum(-1)
         if self.bias is not None:
             base_y = base_y + self.bias[targets]
         where = self.slot[ops].gather(1, targets)  # (N, T-1): the target's slot among the operator's columns
-        m = s.shape[-1]
-        s_y = s.gather(-1, where.clamp_max(m - 1).unsqueeze(-1)).squeeze(-1) * (where < m)
+        m = A.shape[-1]
+        A_y = A.gather(2, where.clamp_max(m - 1).unsqueeze(1).expand(-1, A.shape[1], -1))  # (N, r, T-1)
+        s_y = (codes * A_y.transpose(1, 2)).sum(-1) * (where < m)
         nll = (lse - base_y - s_y + delta) * weights
         return (nll.sum(-1) / weights.sum(-1).clamp_min(1.0)).mean()
 
     def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
-        delta, s, p, _ = self._parts(feats, rows, ops)
-        kl = delta - (p * s).sum(-1)
+        delta, ps, *_ = self._parts(feats, rows, ops)
+        kl = delta - ps
         mask = position_weights(batch["attention_mask"], batch.get("loss_mask")).to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)

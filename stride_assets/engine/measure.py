@@ -64,7 +64,7 @@ def _token_nll(site: Site, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def _project(bank: OperatorBank, codes: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """-<codes^T grad, A_k> for every operator: (N, T, r), (N, T, C) -> (N, K)."""
-    return -bank.contract(torch.einsum("ntr,ntc->nrc", codes, grad))
+    return -bank.contract(torch.bmm(codes.transpose(1, 2), grad))
 
 
 def first_order(
@@ -82,7 +82,7 @@ def first_order(
     if column_logits.applies(site, bank) and not per_token:
         columns, grad = column_logits.loss_gradient(site, bank, feats, batch, lse)
         with torch.set_grad_enabled(differentiable):
-            return -bank.contract(torch.einsum("ntr,ntc->nrc", bank.codes(feats), grad), columns=columns)
+            return -bank.contract(torch.bmm(bank.codes(feats).transpose(1, 2), grad), columns=columns)
     shift0 = torch.zeros(*feats.shape[:-1], site.out_dim, dtype=torch.float32, device=feats.device,
                          requires_grad=True)
     with torch.enable_grad():

@@ -127,34 +127,35 @@ class OperatorBank(nn.Module):
                  columns: torch.Tensor | None = None) -> torch.Tensor:
         """sum_{r,c} projected[n, r, c] * A_k[r, c] for every operator: (N, r, C) -> (N, K).
 
-        A column bank gathers each operator's m columns of ``projected`` when m is small against C
-        (a big vocabulary), and otherwise scatters chunks of operators into full matrices (one BLAS
-        product; measured faster while m > C / 8). ``columns`` (u,): a column bank's ``projected`` is
-        given only at those outputs, (N, r, u), and every column the bank keeps is among them."""
+        A column bank gathers each operator's m columns of ``projected`` when m is small against its
+        width W (C, or u with ``columns``; a big vocabulary), and otherwise scatters chunks of operators
+        into W + 1 wide matrices (the last: unused slots) for one BLAS product (measured faster while
+        m > W / 8). ``columns`` (u,): a column bank's ``projected`` is given only at those outputs,
+        (N, r, u), and every column the bank keeps is among them."""
         C = self.spec["out_dim"]
-        if columns is not None:
-            if not self.sparse or self.G is not None:
-                raise ValueError("projected at some columns only serves a column bank without background")
-            if 8 * self.A.shape[-1] > C:  # the dense product below wants every output
-                projected = projected.new_zeros(*projected.shape[:2], C).index_copy(-1, columns, projected)
-                columns = None
+        if columns is not None and (not self.sparse or self.G is not None):
+            raise ValueError("projected at some columns only serves a column bank without background")
         if self.U is not None:
             return torch.einsum("nrs,krs->nk", projected @ self.U.T, self.A)
         if not self.sparse:
             return torch.einsum("nrc,krc->nk", projected, self.A)
         N, r, m = projected.shape[0], projected.shape[1], self.A.shape[-1]
+        index = self.column_index
+        if columns is not None:  # output c -> its position in ``columns``; C (unused slots) -> the zero column
+            where = index.new_full((C + 1,), columns.numel())
+            where[columns] = torch.arange(columns.numel(), device=index.device)
+            index = where[index]
+        W = projected.shape[-1]
+        padded = torch.cat([projected, projected.new_zeros(N, r, 1)], dim=-1)  # (N, r, W + 1)
         out = []
-        if 8 * m > C:
-            step = max(1, chunk_elements // max(1, r * C))
+        if 8 * m > W:
+            step = max(1, chunk_elements // max(1, r * (W + 1)))
+            flat = padded.reshape(N, -1)
             for start in range(0, self.K, step):
-                out.append(torch.einsum("nrc,krc->nk", projected, self.dense_A(start, start + step)))
+                A, at = self.A[start:start + step], index[start:start + step]
+                full = A.new_zeros(A.shape[0], r, W + 1).scatter_(-1, at.unsqueeze(1).expand(-1, r, -1), A)
+                out.append(flat @ full.view(A.shape[0], -1).T)
         else:
-            padded = torch.cat([projected, projected.new_zeros(N, r, 1)], dim=-1)
-            index = self.column_index
-            if columns is not None:  # output c -> its position in ``columns``; C (unused slots) -> the zero column
-                where = index.new_full((C + 1,), columns.numel())
-                where[columns] = torch.arange(columns.numel(), device=index.device)
-                index = where[index]
             step = max(1, chunk_elements // max(1, N * r * m))
             for start in range(0, self.K, step):
                 picked = padded[:, :, index[start:start + step]]  # (N, r, k, m)
