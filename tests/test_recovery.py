@@ -61,6 +61,26 @@ def test_sklearn_and_fista_agree():
     assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_batched_solve_equals_one_lasso_per_query(n_jobs):
+    """The engine solves every query at alpha = 1 on y / alpha in shared multi-target fits; that is the
+    same problem as each query's own Lasso at its own alpha (queries of very different scales); a
+    constant query has no influence."""
+    from sklearn.linear_model import Lasso
+
+    design, _, Y = planted(n=300, K=90, d=6, k=5, Q=5, noise=0.05)
+    Y = Y * np.array([[1e-3], [1.0], [50.0], [1.0], [1.0]])
+    Y[3] = 0.7
+    cfg = RecoveryConfig(lambda_ratio=0.2, tol=1e-10, max_iter=50000, n_jobs=n_jobs, per_shard=False)
+    rec = recover(Y, design.membership, cfg)
+    M = design.membership.astype(np.float64)
+    for q in (0, 1, 2, 4):
+        expect = Lasso(alpha=rec.alpha[q], tol=1e-10, max_iter=50000).fit(M, Y[q]).coef_
+        got = rec.influence[q].toarray().ravel()
+        assert np.abs(got - expect).max() <= 1e-5 * max(np.abs(expect).max(), 1e-12), q
+    assert rec.alpha[3] < 1e-12 and rec.nnz[3] == 0 and rec.nnz[[0, 1, 2, 4]].min() > 0
+
+
 def test_alpha_max_gives_all_zero_solution():
     design, _, Y = planted(n=500, K=80, d=5, k=5, Q=3, noise=0.1)
     amax = alpha_max(design.membership, Y)

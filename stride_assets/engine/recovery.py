@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 
 from stride_assets.engine.config import RecoveryConfig
 from stride_assets.engine.errors import StrideInputError
@@ -80,19 +80,15 @@ def diagonal_blocks(M: sp.csr_matrix) -> list[tuple[slice, slice]]:
             for i in range(len(row_edges) - 1)]
 
 
-def _lasso_sklearn(M: sp.csc_matrix, y: np.ndarray, alpha: float, cfg: RecoveryConfig) -> tuple[np.ndarray, float]:
-    """One query's Lasso. Hitting max_iter is not an error (the iterate is still a usable estimate), so
-    sklearn's warning, printed once per query, is silenced; each query's fit (r2) is reported instead."""
-    from sklearn.exceptions import ConvergenceWarning
+def _lasso_sklearn(M: sp.csc_matrix, Y: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The Lasso of every row of Y (q x K) at alpha = 1, in one multi-target fit: scikit-learn solves
+    each target on its own, but checks the input and centres M once per call instead of once per query."""
     from sklearn.linear_model import Lasso
 
-    if alpha <= 0:
-        return np.zeros(M.shape[1]), float(y.mean())
-    model = Lasso(alpha=alpha, fit_intercept=cfg.fit_intercept, max_iter=cfg.max_iter, tol=cfg.tol)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(M, y)
-    return model.coef_.astype(np.float64), float(model.intercept_)
+    model = Lasso(alpha=1.0, fit_intercept=cfg.fit_intercept, max_iter=cfg.max_iter, tol=cfg.tol)
+    model.fit(M, Y.T)
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(Y.shape[0], M.shape[1])
+    return coef, np.atleast_1d(np.asarray(model.intercept_, dtype=np.float64))
 
 
 def _fista(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -150,14 +146,31 @@ def ridge(M: sp.spmatrix, Y: np.ndarray, ratio: float) -> tuple[np.ndarray, np.n
 
 
 def _solve(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (Q x n) and intercepts (Q,) for per-query alphas."""
+    """Coefficients (Q x n) and intercepts (Q,) for per-query alphas.
+
+    scikit-learn's branch uses the scaling w(y, alpha) = alpha w(y / alpha, 1) (the objective at
+    (y, alpha) is alpha^2 times the one at (y / alpha, 1), and sklearn's tolerance is relative to
+    ||y||^2), so every query is solved at alpha = 1 and the queries go to a few multi-target fits, one
+    per parallel job. A query with alpha <= 0 (constant responses) has no influence. Hitting max_iter is
+    not an error (the iterate is still a usable estimate), so sklearn's warning is silenced, around the
+    threads (the warnings filter is process-wide); each query's fit (r2) is reported instead."""
+    from sklearn.exceptions import ConvergenceWarning
+
     if cfg.solver == "fista":
         return _fista(M, Y, alpha, cfg)
+    W, b = np.zeros((Y.shape[0], M.shape[1])), Y.mean(axis=1)
+    live = np.flatnonzero(alpha > 0)
+    if not live.size:
+        return W, b
+    chunks = [c for c in np.array_split(live, min(effective_n_jobs(cfg.n_jobs), live.size)) if c.size]
     Mc = M.tocsc()
-    out = Parallel(n_jobs=cfg.n_jobs, prefer="threads")(
-        delayed(_lasso_sklearn)(Mc, Y[q], float(alpha[q]), cfg) for q in range(Y.shape[0])
-    )
-    return np.stack([w for w, _ in out]), np.array([b for _, b in out])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        out = Parallel(n_jobs=len(chunks), prefer="threads")(
+            delayed(_lasso_sklearn)(Mc, Y[c] / alpha[c, None], cfg) for c in chunks)
+    for c, (w, b_c) in zip(chunks, out):
+        W[c], b[c] = w * alpha[c, None], b_c * alpha[c]
+    return W, b
 
 
 def _fit(M: sp.csr_matrix, Y: np.ndarray, ratio: np.ndarray, cfg: RecoveryConfig) -> tuple[np.ndarray, np.ndarray]:
