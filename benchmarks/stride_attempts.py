@@ -17,7 +17,17 @@ Operator forms whose per-subset size does not grow with the vocabulary (issue 11
 - ``attempt_members_rank16``, ``attempt_members_rank48``, ``attempt_members_rank64``: member columns at rank
   16 / 48 / 64 (the suite's ``stride_logit_members`` is rank 48).
 
-    .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...]
+Cheaper operator training (issue 11: the default profile's cost is mostly operator steps), against the
+suite's ``stride_logit_members`` (member columns, rank 48, 1,000 steps: about 4 epochs on pydoc-gpt):
+
+- ``attempt_members_epochs3``, ``attempt_members_epochs2``: the same operators trained 3 / 2 epochs of the
+  member pairs (the default profile trains 3);
+- ``attempt_members_columns512``: 512 member columns per operator instead of 1,024 (half of each step's
+  products).
+
+``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
+
+    .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...] [--seeds S]
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 
 from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import MethodSpec, run_benchmark
+from stride_assets.engine.training import steps_for_epochs
 
 RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0.9)]
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
@@ -41,8 +52,12 @@ FORM_ATTEMPTS = {
 }
 
 
-def attempts(stride_logit) -> list[MethodSpec]:
+def attempts(stride_logit, members, n: int) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
+    bs = members.training.batch_size
+    cheaper = {f"attempt_members_epochs{e}": members.with_(training={"steps": steps_for_epochs(e, bs, n, d)})
+               for e in (3, 2)}
+    cheaper["attempt_members_columns512"] = members.with_(operators={"columns": 512})
     return [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
@@ -51,7 +66,15 @@ def attempts(stride_logit) -> list[MethodSpec]:
                                         "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
         *(MethodSpec(name, {"config": stride_logit.with_(operators=ops)}, grid=suites.LAMBDA_GRID, method="stride")
           for name, ops in FORM_ATTEMPTS.items()),
+        *(MethodSpec(name, {"config": config}, grid=suites.LAMBDA_GRID, method="stride")
+          for name, config in cheaper.items()),
     ]
+
+
+def reseeded(spec: MethodSpec, seed: int) -> MethodSpec:
+    """``spec`` with design and training seed ``seed`` (STRIDE attempts with a config only)."""
+    config = spec.settings["config"].with_(design={"seed": seed}, training={"seed": seed})
+    return MethodSpec(f"{spec.name}_s{seed}", {**spec.settings, "config": config}, grid=spec.grid, method=spec.method)
 
 
 def main() -> None:
@@ -60,10 +83,14 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="the folder of that suite's `stride bench` run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated attempt names")
+    ap.add_argument("--seeds", type=int, default=1, help="also run seeds 1..S-1 of each chosen STRIDE attempt")
     args = ap.parse_args()
     suite = suites.build(args.name, quick=args.quick)
-    base = next(spec.settings["config"] for spec in suite.specs if spec.name.startswith("stride_logit"))
-    chosen = [s for s in attempts(base) if not args.only or s.name in args.only.split(",")]
+    configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
+    base = next(c for name, c in configs.items() if name.startswith("stride_logit"))
+    members = configs.get("stride_logit_members", base)
+    chosen = [s for s in attempts(base, members, suite.task.n) if not args.only or s.name in args.only.split(",")]
+    chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
     run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False)
 
 

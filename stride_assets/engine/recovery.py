@@ -5,7 +5,7 @@
 ``alpha`` is set per query relative to ``alpha_max = ||M^T (y - mean y)||_inf / K``, the smallest
 value at which the solution is all zeros, since query loss scales differ a lot. With
 ``lambda_ratio="auto"`` the ratio is chosen per query on held-out subsets. Two solvers:
-scikit-learn's coordinate descent (parallel over queries) and a batched FISTA over all
+scikit-learn's coordinate descent (all queries in a few multi-target fits, one per job) and a batched FISTA over all
 queries at once on the sparse M; both solve the same problem. ``solver: ridge`` replaces the L1
 penalty by an L2 one (dense influence, one shared solve), for when influence is not sparse.
 
