@@ -22,8 +22,9 @@ suite's ``stride_logit_members`` (member columns, rank 48, 1,000 steps: about 4 
 
 - ``attempt_members_epochs3``, ``attempt_members_epochs2``: the same operators trained 3 / 2 epochs of the
   member pairs (the default profile trains 3);
-- ``attempt_members_columns512``: 512 member columns per operator instead of 1,024 (half of each step's
-  products).
+- ``attempt_members_columns512``, ``attempt_members_columns256``: 512 / 256 member columns per operator
+  instead of 1,024 (a half / a quarter of each step's products); ``attempt_members_columns512_epochs5``: 512
+  columns trained 5 epochs.
 
 ``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
 
@@ -57,7 +58,9 @@ def attempts(stride_logit, members, n: int) -> list[MethodSpec]:
     bs = members.training.batch_size
     cheaper = {f"attempt_members_epochs{e}": members.with_(training={"steps": steps_for_epochs(e, bs, n, d)})
                for e in (3, 2)}
-    cheaper["attempt_members_columns512"] = members.with_(operators={"columns": 512})
+    cheaper |= {f"attempt_members_columns{m}": members.with_(operators={"columns": m}) for m in (512, 256)}
+    cheaper["attempt_members_columns512_epochs5"] = members.with_(
+        operators={"columns": 512}, training={"steps": steps_for_epochs(5, bs, n, d)})
     return [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated attempt names")
     ap.add_argument("--seeds", type=int, default=1, help="also run seeds 1..S-1 of each chosen STRIDE attempt")
+    ap.add_argument("--resume", action="store_true", help="skip attempts OUT's report already has")
     args = ap.parse_args()
     suite = suites.build(args.name, quick=args.quick)
     configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
@@ -91,7 +95,7 @@ def main() -> None:
     members = configs.get("stride_logit_members", base)
     chosen = [s for s in attempts(base, members, suite.task.n) if not args.only or s.name in args.only.split(",")]
     chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
-    run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False)
+    run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False, resume=args.resume)
 
 
 if __name__ == "__main__":
