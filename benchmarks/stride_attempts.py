@@ -18,7 +18,8 @@ Operator forms whose per-subset size does not grow with the vocabulary (issue 11
   16 / 48 / 64 (the suite's ``stride_logit_members`` is rank 48).
 
 Cheaper operator training (issue 11: the default profile's cost is mostly operator steps), against the
-suite's ``stride_logit_members`` (member columns, rank 48, 1,000 steps: about 4 epochs on pydoc-gpt):
+suite's ``stride_logit_members`` (member columns, rank 48, 1,000 steps: about 4 epochs on pydoc-gpt; LM
+suites only):
 
 - ``attempt_members_epochs3``, ``attempt_members_epochs2``: the same operators trained 3 / 2 epochs of the
   member pairs (the default profile trains 3);
@@ -53,14 +54,20 @@ FORM_ATTEMPTS = {
 }
 
 
-def attempts(stride_logit, members, n: int) -> list[MethodSpec]:
-    K, d = stride_logit.design.K, stride_logit.design.d
-    bs = members.training.batch_size
-    cheaper = {f"attempt_members_epochs{e}": members.with_(training={"steps": steps_for_epochs(e, bs, n, d)})
-               for e in (3, 2)}
-    cheaper |= {f"attempt_members_columns{m}": members.with_(operators={"columns": m}) for m in (512, 256)}
-    cheaper["attempt_members_columns512_epochs5"] = members.with_(
+def cheaper_training(members, n: int) -> dict:
+    """The member-column attempts with fewer epochs or columns (suites with ``stride_logit_members`` only)."""
+    bs, d = members.training.batch_size, members.design.d
+    out = {f"attempt_members_epochs{e}": members.with_(training={"steps": steps_for_epochs(e, bs, n, d)})
+           for e in (3, 2)}
+    out |= {f"attempt_members_columns{m}": members.with_(operators={"columns": m}) for m in (512, 256)}
+    out["attempt_members_columns512_epochs5"] = members.with_(
         operators={"columns": 512}, training={"steps": steps_for_epochs(5, bs, n, d)})
+    return out
+
+
+def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
+    K, d = stride_logit.design.K, stride_logit.design.d
+    cheaper = cheaper_training(members, n) if members is not None else {}
     return [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
@@ -92,7 +99,7 @@ def main() -> None:
     suite = suites.build(args.name, quick=args.quick)
     configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
     base = next(c for name, c in configs.items() if name.startswith("stride_logit"))
-    members = configs.get("stride_logit_members", base)
+    members = configs.get("stride_logit_members")
     chosen = [s for s in attempts(base, members, suite.task.n) if not args.only or s.name in args.only.split(",")]
     chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
     run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False, resume=args.resume)

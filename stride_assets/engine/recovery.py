@@ -154,15 +154,15 @@ def _solve(M: sp.csr_matrix, Y: np.ndarray, alpha: np.ndarray, cfg: RecoveryConf
     per parallel job. A query with alpha <= 0 (constant responses) has no influence. Hitting max_iter is
     not an error (the iterate is still a usable estimate), so sklearn's warning is silenced, around the
     threads (the warnings filter is process-wide); each query's fit (r2) is reported instead."""
-    from sklearn.exceptions import ConvergenceWarning
-
     if cfg.solver == "fista":
         return _fista(M, Y, alpha, cfg)
+    from sklearn.exceptions import ConvergenceWarning
+
     W, b = np.zeros((Y.shape[0], M.shape[1])), Y.mean(axis=1)
     live = np.flatnonzero(alpha > 0)
     if not live.size:
         return W, b
-    chunks = [c for c in np.array_split(live, min(effective_n_jobs(cfg.n_jobs), live.size)) if c.size]
+    chunks = np.array_split(live, min(effective_n_jobs(cfg.n_jobs), live.size))  # none empty
     Mc = M.tocsc()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
