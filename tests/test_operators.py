@@ -351,3 +351,29 @@ def test_column_first_order_needs_no_vocabulary_and_equals_the_dense_gradient(m)
     assert np.array_equal(stored, responses(site, bank, batch, feats=feats, query_batch=16))
     (g_col,) = torch.autograd.grad(first_order(site, bank, feats, batch, differentiable=True).sum(), bank.A)
     assert torch.isfinite(g_col).all() and g_col.abs().sum() > 0
+
+
+def test_contract_keeps_the_scattered_bank_only_while_it_is_unchanged():
+    K, C, r, m = 6, 10, 3, 4
+    bank = OperatorBank(K, 5, C, r, init_scale=0.1, seed=1, columns=m)
+    bank.set_columns(torch.stack([torch.randperm(C - 2)[:m] for _ in range(K)]))  # outputs 8, 9 in none
+    projected = torch.randn(4, r, C)
+
+    def fresh() -> torch.Tensor:  # the dense product, from nothing kept
+        return torch.einsum("nrc,krc->nk", projected, bank.dense_A())
+
+    with torch.no_grad():
+        assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
+        kept = bank._scattered_cache
+        assert kept is not None and torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
+        assert bank._scattered_cache is kept  # reused
+        bank.A.mul_(2.0)  # an optimizer step or a load: the kept copy is stale
+        assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
+        bank.set_columns(torch.stack([torch.randperm(C - 2)[:m] for _ in range(K)]))
+        assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
+        columns = bank.column_index.unique()  # sorted: the outputs some operator keeps (as loss_gradient's)
+        assert columns.numel() < C
+        assert torch.allclose(bank.contract(projected[..., columns], columns=columns), fresh(), atol=1e-6)
+    out = bank.contract(projected)  # with autograd: nothing kept, the graph reaches A
+    out.sum().backward()
+    assert bank.A.grad is not None and bank._scattered_cache is None

@@ -21,6 +21,9 @@ from torch import nn
 from stride_assets.engine.artifacts import load_tensors, read_json, save_tensors, write_json
 
 
+SCATTERED_CACHE_BYTES = 128 * 2**20  # a column bank's operators scattered for responses are kept below this
+
+
 class OperatorBank(nn.Module):
     def __init__(
         self,
@@ -149,12 +152,8 @@ class OperatorBank(nn.Module):
         padded = torch.cat([projected, projected.new_zeros(N, r, 1)], dim=-1)  # (N, r, W + 1)
         out = []
         if 8 * m > W:
-            step = max(1, chunk_elements // max(1, r * (W + 1)))
             flat = padded.reshape(N, -1)
-            for start in range(0, self.K, step):
-                A, at = self.A[start:start + step], index[start:start + step]
-                full = A.new_zeros(A.shape[0], r, W + 1).scatter_(-1, at.unsqueeze(1).expand(-1, r, -1), A)
-                out.append(flat @ full.view(A.shape[0], -1).T)
+            out = [flat @ full.T for full in self._scattered(index, W, columns, chunk_elements)]
         else:
             step = max(1, chunk_elements // max(1, N * r * m))
             for start in range(0, self.K, step):
@@ -164,6 +163,28 @@ class OperatorBank(nn.Module):
         if self.G is None:
             return sparse
         return sparse + (projected * self.G).sum(-1) @ self.a.T
+
+    def _scattered(self, index: torch.Tensor, W: int, columns: torch.Tensor | None,
+                   chunk_elements: int) -> list[torch.Tensor]:
+        """The operators scattered into W + 1 wide rows (``index``: each one's slots there), in chunks of
+        (k, r (W + 1)). Without autograd they are kept for the next call while A, the columns and ``columns``
+        stay the same and they fit ``SCATTERED_CACHE_BYTES`` (a bank's responses reuse them for every query
+        batch: building them cost about a quarter of a query batch's responses on the default shapes)."""
+        r = self.A.shape[1]
+        key = (self.A._version, self.column_index._version, W)
+        cached = getattr(self, "_scattered_cache", None)
+        if (cached is not None and cached[0] == key and not torch.is_grad_enabled()
+                and (cached[1] is None if columns is None else cached[1] is not None and torch.equal(cached[1], columns))):
+            return cached[2]
+        step = max(1, chunk_elements // max(1, r * (W + 1)))
+        chunks = []
+        for start in range(0, self.K, step):
+            A, at = self.A[start:start + step], index[start:start + step]
+            full = A.new_zeros(A.shape[0], r, W + 1).scatter_(-1, at.unsqueeze(1).expand(-1, r, -1), A)
+            chunks.append(full.view(A.shape[0], -1))
+        keep = not torch.is_grad_enabled() and self.K * r * (W + 1) * self.A.element_size() <= SCATTERED_CACHE_BYTES
+        self._scattered_cache = (key, None if columns is None else columns.clone(), chunks) if keep else None
+        return chunks
 
     def zero_(self) -> "OperatorBank":
         with torch.no_grad():
