@@ -247,7 +247,8 @@ def test_row_adam_matches_adam_on_touched_rows_and_leaves_the_others() -> None:
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 30])  # base probabilities computed per step / kept
-def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes):
+@pytest.mark.parametrize("with_batch", [False, True])  # targets' base NLL computed per step / kept
+def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes, with_batch):
     """The vocabulary-free losses of a column bank (column_logits) equal the site's full-vocabulary ones."""
     from stride_assets.engine.column_logits import ColumnLogits, applies
     from stride_assets.engine.operators import member_columns
@@ -262,8 +263,9 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes
     bank = OperatorBank(design.K, site.in_dim, VOCAB, rank=3, init_scale=0.5, seed=0, columns=index.shape[1])
     bank.set_columns(index).set_feature_stats(feats, batch["attention_mask"])
     assert applies(site, bank) and not applies(make_site(model, "head"), bank)
-    fast, dense = ColumnLogits(site, bank, feats, cache_bytes), SiteLosses(site, bank)
-    assert (fast.p is None) == (cache_bytes == 0)
+    fast = ColumnLogits(site, bank, feats, cache_bytes, batch=batch if with_batch else None)
+    dense = SiteLosses(site, bank)
+    assert (fast.p is None) == (cache_bytes == 0) and (fast.base_nll is None) != with_batch
     rows, ops = torch.tensor([0, 3, 3, 15, 7]), torch.tensor([1, 0, 4, 2, 2])
     sub = {k: v[rows] for k, v in batch.items()}
     for name in ("fidelity", "stability"):
@@ -279,7 +281,7 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes
 
 
 def test_steered_column_shift_gradient_matches_finite_differences():
-    """column_logits' hand-written backward of (delta, sum p s) against torch.autograd.gradcheck in float64."""
+    """column_logits' hand-written backward of (delta, sum p s, s_y) against torch.autograd.gradcheck in float64."""
     from stride_assets.engine.column_logits import _Steered
 
     gen = torch.Generator().manual_seed(0)
@@ -288,7 +290,14 @@ def test_steered_column_shift_gradient_matches_finite_differences():
     p = torch.rand(3, 4, 5, generator=gen, dtype=torch.float64)
     p = p / (2 * p.sum(1, keepdim=True))  # the columns hold half of each token's mass
     p[:, -1] = 0  # a padded slot
-    assert torch.autograd.gradcheck(lambda c, a: _Steered.apply(c, a, p), (codes, A))
+    assert torch.autograd.gradcheck(lambda c, a: _Steered.apply(c, a, p, None)[:2], (codes, A))
+    where = torch.randint(0, 5, (3, 5), generator=gen)  # 4 (= m): the target is none of the columns
+    assert (where == 4).any() and (where < 4).any()
+    assert torch.autograd.gradcheck(lambda c, a: _Steered.apply(c, a, p, where), (codes, A))
+    s_y = _Steered.apply(codes, A, p, where)[2]
+    s = torch.bmm(A.transpose(1, 2), codes.transpose(1, 2))
+    expected = torch.where(where < 4, s.gather(1, where.clamp_max(3).unsqueeze(1)).squeeze(1), 0.0)
+    assert torch.allclose(s_y, expected)
 
 
 @pytest.mark.parametrize("kind", [{"columns": 4}, {"columns": 4, "background": True}, {"output_rank": 3}])

@@ -72,36 +72,45 @@ PROBABILITY_CACHE_BYTES = 256 * 2**20  # a shard's base probabilities (n x T x V
 
 class _Steered(torch.autograd.Function):
     """Per token, delta = log(1 + sum_c p_c expm1(s_c)) and ps = sum_c p_c s_c for the shifts s = codes @ A at an
-    operator's m columns, with the gradient written out: d delta / d s_c = p_c exp(s_c) / (1 + u),
-    d ps / d s_c = p_c. Autograd over the same expressions keeps about three times as many (N, m, T)
-    intermediates and passes over them; this keeps one (expm1 s) and makes two passes in backward.
+    operator's m columns, and the shift of the target's column s_y (0 where the target is not one of them), with
+    the gradient written out: d delta / d s_c = p_c exp(s_c) / (1 + u), d ps / d s_c = p_c, d s_y / d s_c = [c = y].
+    Autograd over the same expressions keeps about three times as many (N, m, T) intermediates and passes over
+    them; this keeps one (expm1 s) and makes two passes in backward.
 
-    codes (N, T, r), A (N, r, m) (each pair's operator), p (N, m, T) (base probabilities, 0 on padded slots)."""
+    codes (N, T, r), A (N, r, m) (each pair's operator), p (N, m, T) (base probabilities, 0 on padded slots),
+    where (N, T) (the target's slot among the m columns, m where it has none) or None (s_y is then empty)."""
 
     @staticmethod
-    def forward(ctx, codes: torch.Tensor, A: torch.Tensor, p: torch.Tensor):
+    def forward(ctx, codes: torch.Tensor, A: torch.Tensor, p: torch.Tensor, where: torch.Tensor | None):
         s = torch.bmm(A.transpose(1, 2), codes.transpose(1, 2))  # (N, m, T)
         ps = (p * s).sum(1)
+        m = s.shape[1]
+        hit = None if where is None else where < m
+        slot = None if where is None else where.clamp_max(m - 1).unsqueeze(1)  # (N, 1, T)
+        s_y = s.new_zeros(0) if where is None else s.gather(1, slot).squeeze(1) * hit
         em1 = s.exp_().sub_(1)  # (torch's expm1 costs 2x exp here; the error, ~1e-7 per column, is far below a loss's)
         u = (p * em1).sum(1)
         live = u > -1 + 1e-6  # as the clamp below: no gradient where it binds
         delta = torch.log1p(torch.where(live, u, torch.full_like(u, -1 + 1e-6)))
-        ctx.save_for_backward(codes, A, p, em1, torch.where(live, 1 / (1 + u), torch.zeros_like(u)))
-        return delta, ps
+        ctx.save_for_backward(codes, A, p, em1, torch.where(live, 1 / (1 + u), torch.zeros_like(u)), slot, hit)
+        return delta, ps, s_y
 
     @staticmethod
-    def backward(ctx, g_delta: torch.Tensor, g_ps: torch.Tensor):
-        codes, A, p, em1, inv = ctx.saved_tensors
+    def backward(ctx, g_delta: torch.Tensor, g_ps: torch.Tensor, g_sy: torch.Tensor):
+        codes, A, p, em1, inv, slot, hit = ctx.saved_tensors
         a = (g_delta * inv).unsqueeze(1)  # (N, 1, T)
         grad_s = torch.addcmul(a + g_ps.unsqueeze(1), em1, a).mul_(p)  # p * (exp(s) a + g_ps)
+        if slot is not None and g_sy is not None:
+            grad_s.scatter_add_(1, slot, (g_sy * hit).unsqueeze(1))
         grad_codes = torch.bmm(grad_s.transpose(1, 2), A.transpose(1, 2))  # (N, T, r)
         grad_A = torch.bmm(codes.transpose(1, 2), grad_s.transpose(1, 2))  # (N, r, m)
-        return grad_codes, grad_A, None
+        return grad_codes, grad_A, None, None
 
 
 class ColumnLogits:
     """Losses of column bank ``bank`` on ``site`` from cached features (``feats``: the training cache, whose
-    ``lse`` is computed once here; ``rows`` index into it). The interface of ``training.SiteLosses``.
+    ``lse`` is computed once here, and with its ``batch`` each target's base NLL too; ``rows`` index into it).
+    The interface of ``training.SiteLosses``.
 
     A shard whose base probabilities fit in ``cache_bytes`` (a small vocabulary: the tiny default's are
     ~130 MB per shard of 256) keeps them, laid out (n, V + 1, T) so that a pair's m columns are m contiguous
@@ -109,7 +118,7 @@ class ColumnLogits:
     products); a big vocabulary computes them."""
 
     def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor,
-                 cache_bytes: int = PROBABILITY_CACHE_BYTES):
+                 cache_bytes: int = PROBABILITY_CACHE_BYTES, batch: Batch | None = None):
         self.bank = bank
         head = site.head
         self.weight = head.weight.float()  # (V, d)
@@ -129,6 +138,13 @@ class ColumnLogits:
                 if keep:
                     self.p[start:start + 32, :V] = torch.exp(logits - lse[-1].unsqueeze(-1)).transpose(1, 2)
         self.lse = torch.cat(lse)
+        # with the cache's batch: each target's base NLL (n, T-1), lse - base_y, once instead of every step
+        self.base_nll = None
+        if batch is not None:
+            targets = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))[0]
+            with torch.no_grad():
+                self.base_nll = torch.cat([self._base_nll(feats[i:i + 32], targets[i:i + 32], self.lse[i:i + 32])
+                                           for i in range(0, n, 32)])
         # slot[k, c]: where output c sits among operator k's columns (m where it is not one of them)
         index = bank.column_index
         m = index.shape[1]
@@ -149,32 +165,34 @@ class ColumnLogits:
             logits = logits + self._padded_bias[index].unsqueeze(-1)
         return torch.exp(logits - lse.unsqueeze(1)) * (index < self.V).unsqueeze(-1)
 
-    def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor):
-        """Per token: delta (N, T), sum_c p_c s_c (N, T), the codes (N, T, r), the operators (N, r, m), lse (N, T)."""
+    def _parts(self, feats: torch.Tensor, rows: torch.Tensor, ops: torch.Tensor, where: torch.Tensor | None = None):
+        """Per token: delta (N, T), sum_c p_c s_c (N, T), the target's shift s_y (N, T; empty without ``where``,
+        the targets' slots), lse (N, T)."""
         bank = self.bank
-        codes, A = bank.codes(feats), bank.A[ops]
         lse = self.lse[rows][:, :feats.shape[1]]
-        delta, ps = _Steered.apply(codes, A, self._probabilities(feats, rows, bank.column_index[ops], lse))
-        return delta, ps, codes, A, lse
+        p = self._probabilities(feats, rows, bank.column_index[ops], lse)
+        delta, ps, s_y = _Steered.apply(bank.codes(feats), bank.A[ops], p, where)
+        return delta, ps, s_y, lse
+
+    def _base_nll(self, feats: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """The base model's NLL of each target (N, T-1): lse - base logit of the target."""
+        base_y = (feats[:, :-1].float() * self.weight[targets]).sum(-1)
+        if self.bias is not None:
+            base_y = base_y + self.bias[targets]
+        return lse[:, :targets.shape[1]] - base_y
 
     def fidelity(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over the N pairs of each member's steered sequence NLL (as ``sequence_nll``)."""
-        delta, _, codes, A, lse = self._parts(feats[:, :-1], rows, ops)
         targets, weights = shift_targets(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"))
-        w_y = self.weight[targets]  # (N, T-1, d)
-        base_y = (feats[:, :-1].float() * w_y).sum(-1)
-        if self.bias is not None:
-            base_y = base_y + self.bias[targets]
         where = self.slot[ops].gather(1, targets)  # (N, T-1): the target's slot among the operator's columns
-        m = A.shape[-1]
-        A_y = A.gather(2, where.clamp_max(m - 1).unsqueeze(1).expand(-1, A.shape[1], -1))  # (N, r, T-1)
-        s_y = (codes * A_y.transpose(1, 2)).sum(-1) * (where < m)
-        nll = (lse - base_y - s_y + delta) * weights
+        delta, _, s_y, lse = self._parts(feats[:, :-1], rows, ops, where)
+        base = self._base_nll(feats, targets, lse) if self.base_nll is None else self.base_nll[rows]
+        nll = (base - s_y + delta) * weights
         return (nll.sum(-1) / weights.sum(-1).clamp_min(1.0)).mean()
 
     def stability(self, feats: torch.Tensor, batch: Batch, rows: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """Mean over real tokens of KL(base || steered) (as ``token_kl``)."""
-        delta, ps, *_ = self._parts(feats, rows, ops)
+        delta, ps, _, _ = self._parts(feats, rows, ops)
         kl = delta - ps
         mask = position_weights(batch["attention_mask"], batch.get("loss_mask")).to(kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp_min(1.0)

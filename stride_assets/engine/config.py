@@ -186,6 +186,8 @@ class TrainConfig(_Strict):
         None, gt=0, description="if set, each shard trains ceil(epochs * n_shard * d / batch_size) steps instead "
         "of `steps`, so the cost of a shard follows its size")
     batch_size: int = Field(32, ge=1, description="member pairs (and as many non-member pairs) per step")
+    stability_batch_size: int | None = Field(
+        None, ge=1, description="non-member pairs per step for the stability term, if not batch_size")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "lazy_adam"] = Field(

@@ -1,7 +1,8 @@
 """Operator training on cached features: fidelity on members, stability on non-members.
 
 Each step takes ``batch_size`` (subset, member) pairs in a seeded, epoch-wise shuffled order
-(so every member pair is seen equally often) and as many random (subset, non-member) pairs:
+(so every member pair is seen equally often) and as many random (subset, non-member) pairs, or
+``stability_batch_size`` of them:
 
     loss = w_f * NLL(steered_k on members of k)
          + w_s * KL(base || steered_k on non-members of k)
@@ -206,7 +207,7 @@ def train_operators(
         if cfg.linearity_weight > 0
         else None
     )
-    losses = (column_logits.ColumnLogits(site, bank, feats) if column_logits.applies(site, bank)
+    losses = (column_logits.ColumnLogits(site, bank, feats, batch=batch) if column_logits.applies(site, bank)
               else SiteLosses(site, bank))
     out = TrainLog()
     start = time.perf_counter()
@@ -217,7 +218,7 @@ def train_operators(
         touched = [k]
         terms["fidelity"] = losses.fidelity(feats[i], take(batch, i), i, k)
         if cfg.stability_weight > 0:
-            k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.batch_size))
+            k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.stability_batch_size or cfg.batch_size))
             touched.append(k2)
             terms["stability"] = losses.stability(feats[j], take(batch, j), j, k2)
         if projector is not None:
