@@ -348,17 +348,16 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
         if cached <= COLUMN_CACHE_BYTES:
             add(Row(stage, "base probabilities (kept: under 256 MiB)", cached, 0,
                     f"n x T x (V + 1) x 4 B = {n:,} x {T} x {V + 1:,} x 4", ("corpus.shard_size", "model.max_length")))
-    stability = tc.stability_weight > 0
-    copies = 10 if stability else 4
-    add(Row(stage, "logits per training step", copies * B * T * V * F32, 0,
-            f"≈ {copies} x B x T x V x 4 B = {copies} x {B} x {T} x {V:,} x 4 (base + steered logits, log-softmax, "
-            "grads)", ("training.batch_size", "model.max_length")))
-    terms = 2 if stability else 1
-    add(Row(stage, "operator shifts per step", 3 * terms * B * T * C * F32, 0,
-            f"≈ {3 * terms} x B x T x C x 4 B = {3 * terms} x {B} x {T} x {C:,} x 4",
-            ("training.batch_size",) + (("operators.form: head",) if oc.form == "logit" else ())))
+    Bs = (tc.stability_batch_size or B) if tc.stability_weight > 0 else 0  # non-member pairs per step
+    batches = ("training.batch_size", "training.stability_batch_size")
+    add(Row(stage, "logits per training step", (4 * B + 6 * Bs) * T * V * F32, 0,
+            f"≈ (4 x B + 6 x B_s) x T x V x 4 B = (4 x {B} + 6 x {Bs}) x {T} x {V:,} x 4 (base + steered logits, "
+            "log-softmax, grads)", batches + ("model.max_length",)))
+    add(Row(stage, "operator shifts per step", 3 * (B + Bs) * T * C * F32, 0,
+            f"≈ 3 x (B + B_s) x T x C x 4 B = 3 x ({B} + {Bs}) x {T} x {C:,} x 4",
+            batches + (("operators.form: head",) if oc.form == "logit" else ())))
     if oc.form == "activation":
-        mem, formula = _acts(shapes, layers_above(oc, shapes), terms * B, T)
+        mem, formula = _acts(shapes, layers_above(oc, shapes), B + Bs, T)
         add(Row(stage, "layers above the site", mem, 0, formula,
                 ("training.batch_size", "operators.layer (higher: fewer layers above)")))
     if tc.linearity_weight > 0:

@@ -94,7 +94,8 @@ def lm_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
     the head form (the head's input: operators of r x d_model instead of r x vocabulary) and the logit form
     on each operator's member tokens (``operators.columns``: r x at most 1,024; rank 48, as the default
     profile: rank 16 gave 0.497 LDS on pydoc-gpt, 48 gave 0.559, 64 gave 0.560; the default profile keeps
-    512 columns and 4 epochs for half the training time: 0.541 over 3 seeds, ``benchmarks/stride_attempts.py``)."""
+    512 columns, 4 epochs and 8 non-member pairs per step for less than half the training time: 0.547 over 3
+    seeds, ``benchmarks/stride_attempts.py``)."""
     base = _fit_to(StrideConfig().with_(
         design={"K": 64 if quick else 256, "d": 4 if quick else 8},
         operators={"form": "activation", "rank": 16},
