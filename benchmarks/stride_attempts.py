@@ -27,7 +27,7 @@ suites only):
   instead of 1,024 (a half / a quarter of each step's products); ``attempt_members_columns512_epochs5``: 512
   columns trained 5 epochs; ``attempt_members_columns512_stability16``, ``..._stability8``,
   ``attempt_members_stability8``: 16 / 8 non-member pairs per step for the stability term instead of 32
-  (512 / 1,024 columns); ``attempt_members_columns512_epochs3_lr0.006`` (``_stability16``), ``..._lr0.01``:
+  (512 / 1,024 columns; ``attempt_members_columns512_epochs5_stability8``: 5 epochs with 8); ``attempt_members_columns512_epochs3_lr0.006`` (``_stability16``), ``..._lr0.01``:
   3 epochs at a higher learning rate.
 
 ``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
@@ -69,6 +69,8 @@ def cheaper_training(members, n: int) -> dict:
     out |= {f"attempt_members_columns512_stability{b}": c512.with_(training={"stability_batch_size": b})
             for b in (16, 8)}
     out["attempt_members_stability8"] = members.with_(training={"stability_batch_size": 8})
+    out["attempt_members_columns512_epochs5_stability8"] = out["attempt_members_columns512_epochs5"].with_(
+        training={"stability_batch_size": 8})
     for lr in (6e-3, 1e-2):
         out[f"attempt_members_columns512_epochs3_lr{lr:g}"] = c512.with_(
             training={"steps": steps_for_epochs(3, bs, n, d), "lr": lr})
