@@ -378,6 +378,8 @@ def test_contract_keeps_the_scattered_bank_only_while_it_is_unchanged():
         assert bank._scattered_cache is kept  # reused
         bank.A.mul_(2.0)  # an optimizer step or a load: the kept copy is stale
         assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
+        bank.A = torch.nn.Parameter(3.0 * bank.A)  # a replaced parameter (its version count starts again)
+        assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
         bank.set_columns(torch.stack([torch.randperm(C - 2)[:m] for _ in range(K)]))
         assert torch.allclose(bank.contract(projected, chunk_elements=40), fresh(), atol=1e-6)
         columns = bank.column_index.unique()  # sorted: the outputs some operator keeps (as loss_gradient's)

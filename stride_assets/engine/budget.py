@@ -348,7 +348,7 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
         if cached <= COLUMN_CACHE_BYTES:
             add(Row(stage, "base probabilities (kept: under 256 MiB)", cached, 0,
                     f"n x T x (V + 1) x 4 B = {n:,} x {T} x {V + 1:,} x 4", ("corpus.shard_size", "model.max_length")))
-    Bs = (tc.stability_batch_size or B) if tc.stability_weight > 0 else 0  # non-member pairs per step
+    Bs = tc.non_member_pairs
     batches = ("training.batch_size", "training.stability_batch_size")
     add(Row(stage, "logits per training step", (4 * B + 6 * Bs) * T * V * F32, 0,
             f"≈ (4 x B + 6 x B_s) x T x V x 4 B = (4 x {B} + 6 x {Bs}) x {T} x {V:,} x 4 (base + steered logits, "
@@ -359,7 +359,7 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
     if oc.form == "activation":
         mem, formula = _acts(shapes, layers_above(oc, shapes), B + Bs, T)
         add(Row(stage, "layers above the site", mem, 0, formula,
-                ("training.batch_size", "operators.layer (higher: fewer layers above)")))
+                batches + ("operators.layer (higher: fewer layers above)",)))
     if tc.linearity_weight > 0:
         Nl = tc.linearity_batch
         mem = K * K * F32 + Nl * T * (4 * V + 2 * C) * F32 + 2 * Nl * r * Cm * F32

@@ -202,6 +202,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
 
+    @property
+    def non_member_pairs(self) -> int:
+        """Non-member pairs per step for the stability term (0 when it is off)."""
+        return (self.stability_batch_size or self.batch_size) if self.stability_weight > 0 else 0
+
 
 class MeasureConfig(_Strict):
     """The queries x K response (perturbation) matrix."""

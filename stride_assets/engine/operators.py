@@ -171,11 +171,14 @@ class OperatorBank(nn.Module):
         stay the same and they fit ``SCATTERED_CACHE_BYTES`` (a bank's responses reuse them for every query
         batch: building them cost about a quarter of a query batch's responses on the default shapes)."""
         r = self.A.shape[1]
-        key = (self.A._version, self.column_index._version, W)
+        versions = (self.A._version, self.column_index._version, W)
         cached = getattr(self, "_scattered_cache", None)
-        if (cached is not None and cached[0] == key and not torch.is_grad_enabled()
-                and (cached[1] is None if columns is None else cached[1] is not None and torch.equal(cached[1], columns))):
-            return cached[2]
+        if cached is not None and not torch.is_grad_enabled():
+            A0, kept_versions, kept_columns, chunks = cached  # A0: a replaced parameter is a new A
+            same_columns = (kept_columns is None) == (columns is None) and (
+                columns is None or torch.equal(kept_columns, columns))
+            if A0 is self.A and kept_versions == versions and same_columns:
+                return chunks
         step = max(1, chunk_elements // max(1, r * (W + 1)))
         chunks = []
         for start in range(0, self.K, step):
@@ -183,7 +186,7 @@ class OperatorBank(nn.Module):
             full = A.new_zeros(A.shape[0], r, W + 1).scatter_(-1, at.unsqueeze(1).expand(-1, r, -1), A)
             chunks.append(full.view(A.shape[0], -1))
         keep = not torch.is_grad_enabled() and self.K * r * (W + 1) * self.A.element_size() <= SCATTERED_CACHE_BYTES
-        self._scattered_cache = (key, None if columns is None else columns.clone(), chunks) if keep else None
+        self._scattered_cache = (self.A, versions, None if columns is None else columns.clone(), chunks) if keep else None
         return chunks
 
     def zero_(self) -> "OperatorBank":

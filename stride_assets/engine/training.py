@@ -217,8 +217,8 @@ def train_operators(
         k, i = (torch.as_tensor(a) for a in sampler.members(cfg.batch_size))
         touched = [k]
         terms["fidelity"] = losses.fidelity(feats[i], take(batch, i), i, k)
-        if cfg.stability_weight > 0:
-            k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.stability_batch_size or cfg.batch_size))
+        if cfg.non_member_pairs:
+            k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.non_member_pairs))
             touched.append(k2)
             terms["stability"] = losses.stability(feats[j], take(batch, j), j, k2)
         if projector is not None:
