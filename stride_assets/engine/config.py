@@ -174,8 +174,6 @@ class OperatorConfig(_Strict):
     output_rank: int | None = Field(
         None, ge=1, description="factored form: operator k shifts by B(h) A_k U with A_k r x output_rank and one "
         "shared, learned output basis U (output_rank x C); None = A_k is r x C")
-    column_choice: Literal["count", "loss"] = Field("count", description="columns: the targets hit most often "
-                                                    "(count) or weighted by the base model's 1 - p(target) (loss)")
     background: bool = Field(False, description="with columns: one shared r x C matrix weighted per operator "
                              "(r weights each) for the outputs an operator does not keep")
 
@@ -194,10 +192,6 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "lazy_adam"] = Field(
         "adamw", description="lazy_adam: Adam that moves only the operators used in a step (cheaper per step)")
-    warm_start: float = Field(0.0, ge=0, description="if > 0: before the steps, each operator starts at this "
-                              "multiple of a Newton step on its members' fidelity (A_k = -eta (H_k + ridge I)^-1 G_k, "
-                              "H_k its members' code covariance); 0 = the random start")
-    warm_start_ridge: float = Field(0.1, gt=0)
     fidelity_weight: float = Field(1.0, ge=0)
     stability_weight: float = Field(1.0, ge=0)
     linearity_weight: float = Field(0.0, ge=0)

@@ -32,7 +32,7 @@ from stride_assets.engine.backbone import Batch, Site, take
 from stride_assets.engine.config import TrainConfig
 from stride_assets.engine.design import SubsetDesign
 from stride_assets.engine.lm import warmup_cosine
-from stride_assets.engine.losses import check_finite, position_weights
+from stride_assets.engine.losses import check_finite
 from stride_assets.engine.measure import first_order
 from stride_assets.engine.operators import OperatorBank
 
@@ -182,33 +182,6 @@ class SiteLosses:
         return site.kl(base, site.logits(feats, batch, self.bank.shift(feats, ops)), batch)
 
 
-def newton_start(losses, bank: OperatorBank, feats: torch.Tensor, batch: Batch, design: SubsetDesign,
-                 eta: float, ridge: float, chunk: int) -> None:
-    """A_k = -eta (H_k + ridge I)^-1 G_k: G_k the gradient of operator k's mean member fidelity at A = 0,
-    H_k the mean outer product of its members' codes over their tokens (one pass over the member pairs)."""
-    subsets, examples = (torch.as_tensor(a) for a in design.member_table())
-    counts = torch.bincount(subsets, minlength=bank.K).clamp_min(1).to(feats.dtype)
-    with torch.no_grad():
-        bank.A.zero_()
-    bank.A.grad = None
-    for s in range(0, len(subsets), chunk):
-        k, i = subsets[s:s + chunk], examples[s:s + chunk]
-        (losses.fidelity(feats[i], take(batch, i), i, k) * len(i)).backward()
-    G = bank.A.grad / counts.view(-1, 1, 1)
-    bank.A.grad = None
-    for p in bank.parameters():
-        p.grad = None
-    with torch.no_grad():
-        mask = position_weights(batch["attention_mask"], batch.get("loss_mask")).to(feats.dtype)
-        gram = torch.zeros(design.n, bank.A.shape[1], bank.A.shape[1], dtype=feats.dtype)
-        for s in range(0, design.n, 64):
-            c = bank.codes(feats[s:s + 64]) * mask[s:s + 64].unsqueeze(-1).sqrt()
-            gram[s:s + 64] = c.transpose(1, 2) @ c / mask[s:s + 64].sum(-1).clamp_min(1).view(-1, 1, 1)
-        H = torch.zeros(bank.K, *gram.shape[1:], dtype=feats.dtype).index_add_(0, subsets, gram[examples])
-        H = H / counts.view(-1, 1, 1) + ridge * torch.eye(H.shape[-1], dtype=H.dtype)
-        bank.A.copy_(-eta * torch.linalg.solve(H, G))
-
-
 def train_operators(
     site: Site,
     bank: OperatorBank,
@@ -238,8 +211,6 @@ def train_operators(
               else SiteLosses(site, bank))
     out = TrainLog()
     start = time.perf_counter()
-    if cfg.warm_start > 0:
-        newton_start(losses, bank, feats, batch, design, cfg.warm_start, cfg.warm_start_ridge, cfg.batch_size)
     bank.train()
     for step in range(cfg.steps):
         terms: dict[str, torch.Tensor] = {}
