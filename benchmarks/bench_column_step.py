@@ -1,15 +1,18 @@
 """Column banks on the logit site, old path vs new in one run (issue 11):
 
-- a training step (fidelity + stability, backward, Adam) with the shard's base probabilities computed
-  from the head every step (``cache_bytes=0``, as before) vs kept and gathered (the default when they fit);
+- a training step (fidelity on 32 member pairs of a drawn design + stability on 8 random pairs, backward,
+  fused AdamW as ``training.train_operators``) with the base probabilities computed from the head every step
+  (``cache_bytes=0``), kept for the whole shard (the default when they fit: a small vocabulary), and kept for
+  the member pairs only (the default when only they fit: a big vocabulary);
 - a shard's first-order responses per query: the full-vocabulary gradient by autograd (as before) vs the
   gradient at the bank's columns only from the stored log-normalisers (``column_logits.loss_gradient``).
 
-Shapes of the default profile (K 48, rank 48, columns 1,024, T 64, a shard of 256, query batch 16) on the
+Shapes of the default profile (K 48 per shard of 256, d 8, rank 48, 512 columns, T 64, query batch 16) on the
 tiny default's head (vocab 2,048, d 128) and GPT-2 124M's (50,257, 768); random features and weights (the
-cost does not depend on their values); each operator's 1,024 columns drawn from one pool of 4,096 tokens
+cost does not depend on their values); each operator's columns drawn from one pool of 4,096 tokens
 (an assumption standing for the tokens a shard's passages predict; on real text the union is what
-``stride bench scale`` meets, and the response cost grows with it). Prints ms and old/new ratios measured in this same run.
+``stride bench scale`` meets, and the response cost grows with it). Prints ms and ratios measured in this same
+run (each step variant timed in turns, the mean of each turn's steps).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_column_step.py --out benchmarks/reports/column_step.json
 """
@@ -23,12 +26,15 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from stride_assets.engine.backbone import make_site
+from stride_assets.engine.backbone import make_site, take
 from stride_assets.engine.column_logits import ColumnLogits, loss_gradient
+from stride_assets.engine.design import draw_design
 from stride_assets.engine.operators import OperatorBank
+from stride_assets.engine.training import PairSampler
 
 HEADS = {"tiny default": (2048, 128), "GPT-2 124M": (50257, 768)}
-K, RANK, COLUMNS, T, N, BATCH, QB = 48, 48, 1024, 64, 256, 32, 16
+K, D, RANK, COLUMNS, T, N, BATCH, STABILITY, QB = 48, 8, 48, 512, 64, 256, 32, 8, 16
+STEPS_PER_TURN = 10
 POOL = 4096  # every operator's columns drawn from one pool of this many tokens (all of a small vocabulary)
 
 
@@ -57,22 +63,35 @@ def setup(V: int, d: int):
     return site, feats, batch, bank
 
 
-def step_ms(site, feats, batch, bank, cache_bytes: int | None, repeat: int) -> float:
-    losses = ColumnLogits(site, bank, feats) if cache_bytes is None else ColumnLogits(site, bank, feats, cache_bytes)
-    opt = torch.optim.Adam(bank.parameters(), 1e-3)
-    gen = torch.Generator().manual_seed(1)
+def step_ms(site, feats, batch, bank, repeat: int) -> dict[str, float]:
+    """Mean ms per training step with the probabilities computed and as the default keeps them (for the shard,
+    or, where those do not fit, for the member pairs: on a small vocabulary the shard's are the smaller)."""
+    design = draw_design(N, K, D, seed=0)
+    pairs = tuple(torch.as_tensor(a) for a in design.member_table())
+    default = ColumnLogits(site, bank, feats, pairs=pairs)
+    kept = "kept for the shard" if default.p is not None else "kept for the member pairs" if default.pair_p is not None \
+        else "computed (over the cache limit)"
+    variants = {"computed": ColumnLogits(site, bank, feats, 0), kept: default}
+    opt = torch.optim.AdamW([p for p in bank.parameters() if p.requires_grad], 1e-3, fused=True)
+    sampler = PairSampler(design, seed=1)
 
-    def step() -> None:
-        i, j = torch.randint(0, N, (2, BATCH), generator=gen)
-        k, k2 = torch.randint(0, K, (2, BATCH), generator=gen)
-        sub = {name: value[i] for name, value in batch.items()}
-        other = {name: value[j] for name, value in batch.items()}
-        loss = losses.fidelity(feats[i], sub, i, k) + losses.stability(feats[j], other, j, k2)
+    def step(losses) -> None:
+        k, i = (torch.as_tensor(a) for a in sampler.members(BATCH))
+        k2, j = (torch.as_tensor(a) for a in sampler.non_members(STABILITY))
+        loss = (losses.fidelity(feats[i], take(batch, i), i, k) + losses.stability(feats[j], take(batch, j), j, k2))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return best_ms(step, repeat), losses.p is not None
+    times = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, losses in variants.items():
+            step(losses)  # warm-up
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_TURN):
+                step(losses)
+            times[name].append(1e3 * (time.perf_counter() - start) / STEPS_PER_TURN)
+    return {name: sum(t) / len(t) for name, t in times.items()}
 
 
 def responses_ms(site, feats, batch, bank, repeat: int) -> tuple[float, float, float]:
@@ -103,22 +122,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     report = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_column_step.py", "threads":
-              torch.get_num_threads(), "shapes": dict(K=K, rank=RANK, columns=COLUMNS, T=T, shard=N, batch=BATCH,
-                                                      query_batch=QB, column_pool=POOL), "heads": {}}
+              torch.get_num_threads(), "shapes": dict(K=K, d=D, rank=RANK, columns=COLUMNS, T=T, shard=N, batch=BATCH,
+                                                      stability_batch=STABILITY, query_batch=QB, column_pool=POOL),
+              "steps_per_turn": STEPS_PER_TURN, "turns": args.repeat, "heads": {}}
     for name, (V, d) in HEADS.items():
         site, feats, batch, bank = setup(V, d)
-        before, _ = step_ms(site, feats, batch, bank, 0, args.repeat)
-        after, kept = step_ms(site, feats, batch, bank, None, args.repeat)
+        steps = step_ms(site, feats, batch, bank, args.repeat)
+        (kept, after), before = list(steps.items())[1], steps["computed"]
         vocab_q, cols_q, diff = responses_ms(site, feats, batch, bank, args.repeat)
         row = {"vocab": V, "d_model": d, "step_ms_computed": before, "step_ms_default": after,
-               "probabilities_kept": kept, "step_ratio": before / after, "responses_ms_per_query_vocabulary":
+               "probabilities": kept, "step_ratio": before / after, "responses_ms_per_query_vocabulary":
                vocab_q, "responses_ms_per_query_columns": cols_q, "responses_ratio": vocab_q / cols_q,
                "responses_max_rel_difference": diff}
         report["heads"][name] = row
-        print(f"{name} (V {V:,}, d {d}): training step {before:.1f} ms computed -> {after:.1f} ms "
-              f"{'kept' if kept else 'computed (over the cache limit)'} ({before / after:.2f}x); responses per query "
-              f"per shard {vocab_q:.2f} ms over the vocabulary -> {cols_q:.2f} ms at the columns "
-              f"({vocab_q / cols_q:.2f}x, max relative difference {diff:.1e})")
+        print(f"{name} (V {V:,}, d {d}): training step {before:.1f} ms computed -> {after:.1f} ms {kept} "
+              f"({before / after:.2f}x); responses per query per shard {vocab_q:.2f} ms over the vocabulary -> "
+              f"{cols_q:.2f} ms at the columns ({vocab_q / cols_q:.2f}x, max relative difference {diff:.1e})")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=1)

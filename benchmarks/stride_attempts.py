@@ -76,7 +76,19 @@ def cheaper_training(members, n: int) -> dict:
             training={"steps": steps_for_epochs(3, bs, n, d), "lr": lr})
     out["attempt_members_columns512_epochs3_lr0.006_stability16"] = out[
         "attempt_members_columns512_epochs3_lr0.006"].with_(training={"stability_batch_size": 16})
-    return out
+    return out | same_cost(out["attempt_members_columns512_stability8"])
+
+
+def same_cost(default) -> dict:
+    """Changes to the default profile's training (512 columns, 8 non-member pairs) at about its cost."""
+    return {
+        "attempt_default_lazy_adam": default.with_(training={"optimizer": "lazy_adam"}),
+        "attempt_default_rank32_columns768": default.with_(operators={"rank": 32, "columns": 768}),
+        "attempt_default_stability_weight0.5": default.with_(training={"stability_weight": 0.5}),
+        "attempt_default_stability_weight2": default.with_(training={"stability_weight": 2.0}),
+        "attempt_default_init0.01": default.with_(operators={"init_scale": 1e-2}),
+        "attempt_default_lr0.002": default.with_(training={"lr": 2e-3}),
+    }
 
 
 def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:

@@ -246,7 +246,9 @@ def test_row_adam_matches_adam_on_touched_rows_and_leaves_the_others() -> None:
     assert moved.tolist() == [False, True, False, False, True, False]
 
 
-@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])  # base probabilities computed per step / kept
+# base probabilities computed per step / kept for the whole shard / kept for the member pairs only (the full
+# shard's 16 x 12 x 65 x 4 B do not fit in 20,000, its 32 member pairs' 32 x 12 x 11 x 4 B do)
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30, 20_000])
 @pytest.mark.parametrize("with_batch", [False, True])  # targets' base NLL computed per step / kept
 def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes, with_batch):
     """The vocabulary-free losses of a column bank (column_logits) equal the site's full-vocabulary ones."""
@@ -263,12 +265,15 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes
     bank = OperatorBank(design.K, site.in_dim, VOCAB, rank=3, init_scale=0.5, seed=0, columns=index.shape[1])
     bank.set_columns(index).set_feature_stats(feats, batch["attention_mask"])
     assert applies(site, bank) and not applies(make_site(model, "head"), bank)
-    fast = ColumnLogits(site, bank, feats, cache_bytes, batch=batch if with_batch else None)
+    subsets, examples = (torch.as_tensor(a) for a in design.member_table())
+    fast = ColumnLogits(site, bank, feats, cache_bytes, batch=batch if with_batch else None, pairs=(subsets, examples))
     dense = SiteLosses(site, bank)
-    assert (fast.p is None) == (cache_bytes == 0) and (fast.base_nll is None) != with_batch
-    rows, ops = torch.tensor([0, 3, 3, 15, 7]), torch.tensor([1, 0, 4, 2, 2])
-    sub = {k: v[rows] for k, v in batch.items()}
-    for name in ("fidelity", "stability"):
+    assert (fast.p is None) == (cache_bytes < 1 << 30) and (fast.base_nll is None) != with_batch
+    assert (fast.pair_p is None) == (cache_bytes != 20_000)
+    mixed = torch.tensor([0, 3, 3, 15, 7]), torch.tensor([1, 0, 4, 2, 2])
+    members = examples[[0, 5, 9, 17, 30]], subsets[[0, 5, 9, 17, 30]]  # read from the kept member pairs
+    for (rows, ops), name in [(mixed, "fidelity"), (mixed, "stability"), (members, "fidelity")]:
+        sub = {k: v[rows] for k, v in batch.items()}
         want = getattr(dense, name)(feats[rows], sub, rows, ops)
         got = getattr(fast, name)(feats[rows], sub, rows, ops)
         assert want > 1e-3 and torch.allclose(got, want, rtol=1e-4, atol=1e-6), name
@@ -278,6 +283,13 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes
         for fast_part, dense_part in zip(g_fast, g_dense):
             assert dense_part.abs().max() > 0
             assert torch.allclose(fast_part, dense_part, rtol=1e-3, atol=1e-6), name
+    if fast.pair_p is not None:  # the member pairs' fidelity reads the kept blocks, the mixed pairs' the head
+        def fidelity(rows, ops):
+            return fast.fidelity(feats[rows], {k: v[rows] for k, v in batch.items()}, rows, ops)
+
+        before = fidelity(*members), fidelity(*mixed)
+        fast._padded_weight = torch.zeros_like(fast._padded_weight)  # a head that reads nothing
+        assert fidelity(*members) == before[0] and fidelity(*mixed) != before[1]
 
 
 def test_steered_column_shift_gradient_matches_finite_differences():

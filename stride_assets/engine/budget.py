@@ -344,10 +344,15 @@ def _stride_rows(cfg: StrideConfig, shapes: ModelShapes, est: Estimate, weights:
             settings))
     column_path = bool(m) and not oc.background  # column_logits.applies: a column bank on the logit site
     if column_path:  # column_logits.ColumnLogits keeps the shard's base probabilities when they fit
-        cached = n * T * (V + 1) * F32
+        cached, d = n * T * (V + 1) * F32, cfg.design.d
+        pairs = n * d * m * (T - 1) * F32  # or, on a big vocabulary, the member pairs' at their columns
         if cached <= COLUMN_CACHE_BYTES:
             add(Row(stage, "base probabilities (kept: under 256 MiB)", cached, 0,
                     f"n x T x (V + 1) x 4 B = {n:,} x {T} x {V + 1:,} x 4", ("corpus.shard_size", "model.max_length")))
+        elif pairs <= COLUMN_CACHE_BYTES:
+            add(Row(stage, "member pairs' base probabilities (kept: under 256 MiB)", pairs, 0,
+                    f"n x d x columns x (T - 1) x 4 B = {n:,} x {d} x {m:,} x {T - 1} x 4",
+                    ("corpus.shard_size", "design.d", "operators.columns", "model.max_length")))
     Bs = tc.non_member_pairs
     batches = ("training.batch_size", "training.stability_batch_size")
     add(Row(stage, "logits per training step", (4 * B + 6 * Bs) * T * V * F32, 0,

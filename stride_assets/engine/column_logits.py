@@ -115,10 +115,15 @@ class ColumnLogits:
     A shard whose base probabilities fit in ``cache_bytes`` (a small vocabulary: the tiny default's are
     ~130 MB per shard of 256) keeps them, laid out (n, V + 1, T) so that a pair's m columns are m contiguous
     rows of T, and a step gathers them instead of computing them from the head (about half a step's
-    products); a big vocabulary computes them."""
+    products). A big vocabulary, given the design's member ``pairs`` (subsets, examples), keeps instead each
+    member pair's (m, T - 1) block for the fidelity term when they fit (n x d x m x (T - 1) floats: 252 MB for a
+    shard of 256 at d 8, 512 columns, T 64), computed operator by operator in one product per operator (a
+    step then gathers 32 blocks instead of 32 x m head rows and their product); non-member pairs (stability)
+    and whatever does not fit are computed every step."""
 
     def __init__(self, site: LogitSite, bank: OperatorBank, feats: torch.Tensor,
-                 cache_bytes: int = PROBABILITY_CACHE_BYTES, batch: Batch | None = None):
+                 cache_bytes: int = PROBABILITY_CACHE_BYTES, batch: Batch | None = None,
+                 pairs: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.bank = bank
         head = site.head
         self.weight = head.weight.float()  # (V, d)
@@ -151,16 +156,46 @@ class ColumnLogits:
         self.slot = index.new_full((bank.K, V + 1), m)
         self.slot.scatter_(1, index, torch.arange(m, device=index.device).expand_as(index).contiguous())
         self.slot[:, V] = m
+        self.pair_codes = self.pair_p = None
+        if not keep and pairs is not None and len(pairs[0]) * m * (T - 1) * 4 <= cache_bytes:
+            self._keep_member_pairs(feats, *pairs)
+
+    @torch.no_grad()
+    def _keep_member_pairs(self, feats: torch.Tensor, subsets: torch.Tensor, examples: torch.Tensor) -> None:
+        """``pair_p`` (P, m, T - 1): each member pair's base probabilities at its operator's columns, in the order
+        of ``pair_codes`` (subset * n + example, sorted)."""
+        n, T = feats.shape[:2]
+        codes = subsets.to(feats.device) * n + examples.to(feats.device)
+        self.pair_codes, order = torch.sort(codes)
+        index = self.bank.column_index
+        self.pair_p = feats.new_empty(len(codes), index.shape[1], T - 1)
+        ops = self.pair_codes // n
+        bounds = torch.searchsorted(ops, torch.arange(self.bank.K + 1, device=ops.device)).tolist()
+        for k in range(self.bank.K):
+            a, b = bounds[k], bounds[k + 1]
+            rows = self.pair_codes[a:b] - k * n
+            self.pair_p[a:b] = self._probabilities(feats[rows, :-1], rows, index[k].expand(b - a, -1),
+                                                   self.lse[rows][:, :T - 1], shared=True)
 
     def _probabilities(self, feats: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
-                       lse: torch.Tensor) -> torch.Tensor:
-        """Base probabilities (N, m, T) of rows ``rows`` at their operators' columns ``index`` (N, m); 0 on padded slots."""
+                       lse: torch.Tensor, ops: torch.Tensor | None = None, shared: bool = False) -> torch.Tensor:
+        """Base probabilities (N, m, T) of rows ``rows`` at their operators' columns ``index`` (N, m); 0 on padded
+        slots. ``ops``: the pairs' operators (kept member pairs are looked up by them); ``shared``: every row has
+        the same columns (``index[0]``: one product with the head rows gathered once)."""
         N, T = feats.shape[:2]
         if self.p is not None:
             flat = self.p.view(-1, self.p.shape[-1])
             picked = flat.index_select(0, (rows.unsqueeze(1) * (self.V + 1) + index).reshape(-1))
             return picked.view(N, index.shape[1], -1)[..., :T]
-        logits = torch.bmm(self._padded_weight[index], feats.float().transpose(1, 2))  # (N, m, T)
+        if self.pair_p is not None and ops is not None and T <= self.pair_p.shape[-1]:
+            codes = ops * self.lse.shape[0] + rows
+            pos = torch.searchsorted(self.pair_codes, codes).clamp_max(len(self.pair_codes) - 1)
+            if bool((self.pair_codes[pos] == codes).all()):  # member pairs (fidelity); else computed below
+                return self.pair_p.index_select(0, pos)[..., :T]
+        if shared:
+            logits = (feats.float() @ self._padded_weight[index[0]].T).transpose(1, 2)  # (N, m, T)
+        else:
+            logits = torch.bmm(self._padded_weight[index], feats.float().transpose(1, 2))  # (N, m, T)
         if self._padded_bias is not None:
             logits = logits + self._padded_bias[index].unsqueeze(-1)
         return torch.exp(logits - lse.unsqueeze(1)) * (index < self.V).unsqueeze(-1)
@@ -170,7 +205,7 @@ class ColumnLogits:
         the targets' slots), lse (N, T)."""
         bank = self.bank
         lse = self.lse[rows][:, :feats.shape[1]]
-        p = self._probabilities(feats, rows, bank.column_index[ops], lse)
+        p = self._probabilities(feats, rows, bank.column_index[ops], lse, ops)
         delta, ps, s_y = _Steered.apply(bank.codes(feats), bank.A[ops], p, where)
         return delta, ps, s_y, lse
 
