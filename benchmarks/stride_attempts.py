@@ -76,7 +76,30 @@ def cheaper_training(members, n: int) -> dict:
             training={"steps": steps_for_epochs(3, bs, n, d), "lr": lr})
     out["attempt_members_columns512_epochs3_lr0.006_stability16"] = out[
         "attempt_members_columns512_epochs3_lr0.006"].with_(training={"stability_batch_size": 16})
-    return out | same_cost(out["attempt_members_columns512_stability8"])
+    return out | same_cost(out["attempt_members_columns512_stability8"]) | sparser(
+        out["attempt_members_columns512_stability8"], n)
+
+
+def sparser(default, n: int) -> dict:
+    """The default profile's training on a sparser design (each example in d = 4 or 6 subsets, not 8): fewer
+    member pairs, so 4 epochs take fewer steps; d 4 also at K / 2 (subsets as large as at d 8) and with the
+    saved steps spent on 1,024 columns."""
+    K, bs = default.design.K, default.training.batch_size
+    out = {f"attempt_default_d{d}": default.with_(design={"d": d}, training={"steps": steps_for_epochs(4, bs, n, d)})
+           for d in (4, 6)}
+    out["attempt_default_d4_K_half"] = out["attempt_default_d4"].with_(design={"K": K // 2})
+    out["attempt_default_d4_columns1024"] = out["attempt_default_d4"].with_(operators={"columns": 1024})
+    out["attempt_default_d6_columns1024"] = out["attempt_default_d6"].with_(operators={"columns": 1024})
+    out["attempt_default_d4_epochs6"] = out["attempt_default_d4"].with_(training={"steps": steps_for_epochs(6, bs, n, 4)})
+    out["attempt_default_d6_epochs5"] = out["attempt_default_d6"].with_(training={"steps": steps_for_epochs(5, bs, n, 6)})
+    out["attempt_default_d3"] = default.with_(design={"d": 3}, training={"steps": steps_for_epochs(4, bs, n, 3)})
+    out["attempt_default_d4_K_x3"] = out["attempt_default_d4"].with_(design={"K": 3 * K})
+    out["attempt_default_d3_K_x2"] = out["attempt_default_d3"].with_(design={"K": 2 * K})
+    for d in (4, 6):
+        for scale in (1.5, 2):
+            out[f"attempt_default_d{d}_K_x{scale:g}"] = out[f"attempt_default_d{d}"].with_(
+                design={"K": int(K * scale)})
+    return out
 
 
 def same_cost(default) -> dict:
