@@ -117,6 +117,10 @@ def same_cost(default) -> dict:
 def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
     cheaper = cheaper_training(members, n) if members is not None else {}
+    # the vocabulary-sized logit form on the default profile's design (subsets of about 12, each example in 6)
+    cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
+        "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
+                                  stride_logit.training.batch_size, n, 6)})
     return [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},

@@ -165,7 +165,10 @@ def fit_rate(stride: Stride, feats: torch.Tensor, batch: Batch, design, steps: i
     of all ``steps`` (``all_steps``; None: when the warm-up predicts at most ``full_budget`` seconds) or
     ``repeats`` fits of a few steps each (a fresh bank each), sized so they take about ``step_budget``
     seconds together (and stopping once they took ``time_cap``; when the warm-up and the 0-step fit alone
-    took longer, the warm-up's 2 steps are the measure). Per step = (fit - 0-step fit) / steps.
+    took longer, the warm-up's 2 steps are the measure). Per step: the training loop's own seconds
+    (``TrainLog.seconds``, which leave out the set-up) over its steps; the difference of two whole fits was
+    the measure before, and where a shard's set-up takes ~30 s (a big vocabulary's log-normalisers) its noise
+    was larger than a few steps.
     """
     from stride_assets.engine.training import UndertrainedOperatorsWarning
 
@@ -183,25 +186,25 @@ def fit_rate(stride: Stride, feats: torch.Tensor, batch: Batch, design, steps: i
 
     try:
         bank_init_s = spent(stride, "fit", init)[0]
-        warm_s, (warm_bank, _) = fit(2)  # warm-up; also sizes the measured fits
+        warm_s, (warm_bank, warm_log) = fit(2)  # warm-up; also sizes the measured fits
         first = fit(0)[0]
         count = fit0_repeats if fit0_repeats is not None else (3 if first * 3 < step_budget / 4 else 1)
         fit0 = statistics.median([first] + [fit(0)[0] for _ in range(count - 1)])
-        guess = max((warm_s - fit0) / 2, 1e-6)
+        guess = max(warm_log.seconds / 2, 1e-6)
         if all_steps is None:
             all_steps = guess * steps <= full_budget
         if all_steps:
-            call_s, (bank, _) = fit(steps)
-            per_step, measured, runs, bank_steps = max(0.0, call_s - fit0) / max(steps, 1), steps, [], steps
+            call_s, (bank, log) = fit(steps)
+            per_step, measured, runs, bank_steps = log.seconds / max(steps, 1), steps, [], steps
         elif time_cap is not None and warm_s + fit0 > time_cap:  # slow set-up: the warm-up's 2 steps are the measure
-            bank, runs, bank_steps = warm_bank, [max(0.0, warm_s - fit0) / 2], 2
+            bank, runs, bank_steps = warm_bank, [guess], 2
             per_step, measured = runs[0], 2
         else:
             chunk = int(min(20, max(2, round(step_budget / 3 / guess))))
             runs, total = [], 0.0
             for _ in range(repeats):
-                call_s, (bank, _) = fit(chunk)
-                runs.append(max(0.0, call_s - fit0) / chunk)
+                call_s, (bank, log) = fit(chunk)
+                runs.append(log.seconds / chunk)
                 total += call_s
                 if time_cap is not None and total > time_cap:
                     break
@@ -210,7 +213,7 @@ def fit_rate(stride: Stride, feats: torch.Tensor, batch: Batch, design, steps: i
         stride.training = base
     return {"bank_init_s": bank_init_s, "warm_s": warm_s, "fit0_s": fit0, "per_step_s": per_step, "steps": steps,
             "steps_measured": measured, "bank_steps": bank_steps, "per_step_runs_s": runs, "all_steps": all_steps,
-            "train_s_measured": call_s - fit0 if all_steps else None, "bank": bank}
+            "train_s_measured": log.seconds if all_steps else None, "bank": bank}
 
 
 # --- memory ---------------------------------------------------------------------------------------
