@@ -205,6 +205,34 @@ def test_columns_bank_matches_the_estimate(micro_model):
         _bytes(bank.state_dict().values())
 
 
+def test_a_big_vocabulary_keeps_the_member_pairs_probabilities_as_the_estimate_says(tmp_path):
+    """GPT-2's vocabulary: the shard's base probabilities (n x T x V) are over the cache limit, its member pairs'
+    at their columns are not; the row's bytes are those of the tensor ColumnLogits keeps."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from stride_assets.engine.backbone import make_site
+    from stride_assets.engine.column_logits import ColumnLogits
+    from stride_assets.engine.design import draw_design
+    from stride_assets.engine.operators import OperatorBank
+
+    folder = tmp_path / "gpt2-head"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50257, n_positions=16)).save_pretrained(folder)
+    cfg = load_config("micro", {"model": {"path": str(folder), "max_length": 16}, "design": {"K": 6, "d": 2},
+                                "operators": {"form": "logit", "columns": 8}, "corpus": {"shard_size": 256}})
+    rows = {r.what: r for r in budget.estimate(cfg, budget.model_shapes(cfg)).rows}
+    assert "base probabilities (kept: under 256 MiB)" not in rows
+    n, T, d, m = 256, 16, 2, 8  # n x T x (V + 1) x 4 B = 823 MB
+    assert rows["member pairs' base probabilities (kept: under 256 MiB)"].memory_bytes == n * d * m * (T - 1) * 4
+    site = make_site(GPT2LMHeadModel.from_pretrained(folder).eval(), "logit")
+    design = draw_design(n, 6, d, seed=0)
+    bank = OperatorBank(6, site.in_dim, site.out_dim, 4, columns=m)
+    bank.set_columns(torch.randint(0, site.out_dim, (6, m)))
+    losses = ColumnLogits(site, bank, torch.randn(n, T, site.in_dim),
+                          pairs=tuple(torch.as_tensor(a) for a in design.member_table()))
+    assert losses.p is None and losses.pair_p.numel() * 4 == n * d * m * (T - 1) * 4
+
+
 def test_ekfac_factor_bytes_match_kronfluence(micro_model, tmp_path, one_torch_thread):
     """Kronfluence's factor files of the micro model: the estimate plus only the safetensors headers."""
     from stride_assets.engine import lm
