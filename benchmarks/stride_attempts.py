@@ -30,6 +30,16 @@ suites only):
   (512 / 1,024 columns; ``attempt_members_columns512_epochs5_stability8``: 5 epochs with 8); ``attempt_members_columns512_epochs3_lr0.006`` (``_stability16``), ``..._lr0.01``:
   3 epochs at a higher learning rate.
 
+On the default profile's operators (512 columns, 8 non-member pairs; 4 epochs):
+
+- ``attempt_default_lazy_adam``, ``..._rank32_columns768``, ``..._stability_weight0.5`` / ``2``, ``..._init0.01``,
+  ``..._lr0.002``: changes at about the same cost;
+- ``attempt_default_d{3,4,6}`` and ``..._d{4,6}_K_x{1.5,2}``, ``..._d4_K_x3``, ``..._d3_K_x2``, ``..._d4_K_half``:
+  sparser designs (each example in d subsets) and more or fewer subsets K, the steps following n d;
+  ``..._d4_columns1024``, ``..._d6_columns1024``, ``..._d4_epochs6``, ``..._d6_epochs5``;
+- ``attempt_logit_d6_K_x2``: the vocabulary-sized logit form on the default profile's design (K x 2, d 6);
+- ``attempt_ensemble_default``: the default profile's STRIDE (K x 2, d 6) + EK-FAC, as ``attempt_ensemble``.
+
 ``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
 
     .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...] [--seeds S]
@@ -121,7 +131,12 @@ def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
     cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
         "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
                                   stride_logit.training.batch_size, n, 6)})
-    return [
+    extra = []
+    if "attempt_default_d6_K_x2" in cheaper:  # the default profile's STRIDE (its design too) + EK-FAC
+        extra.append(MethodSpec("attempt_ensemble_default", {
+            "first": ("stride", {"config": cheaper["attempt_default_d6_K_x2"]}), "second": ("kronfluence_ekfac", {})},
+            grid=ENSEMBLE_GRID, method="ensemble"))
+    return extra + [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
                    grid=suites.LAMBDA_GRID, method="stride"),
