@@ -292,6 +292,24 @@ def test_column_losses_equal_the_dense_losses_without_the_vocabulary(cache_bytes
         assert fidelity(*members) == before[0] and fidelity(*mixed) != before[1]
 
 
+def test_member_pairs_are_kept_when_an_operator_has_no_members():
+    """A draw can leave a subset empty: the member pairs' probabilities are still kept, and read as computed."""
+    from stride_assets.engine.column_logits import ColumnLogits
+
+    model, batch = gpt2(), batch_of(n=8, T=12, seed=3)
+    site = make_site(model, "logit")
+    feats = encode_all(site, batch)
+    bank = OperatorBank(4, site.in_dim, VOCAB, rank=3, init_scale=0.5, columns=5)
+    bank.set_columns(torch.randint(0, VOCAB, (4, 5), generator=torch.Generator().manual_seed(0)))
+    subsets, examples = torch.tensor([0, 0, 2, 3]), torch.tensor([1, 4, 2, 7])  # operator 1: no members
+    kept = ColumnLogits(site, bank, feats, 10_000, pairs=(subsets, examples))
+    computed = ColumnLogits(site, bank, feats, 0)
+    assert kept.p is None and kept.pair_p.shape[0] == 4 and computed.pair_p is None
+    sub = {k: v[examples] for k, v in batch.items()}
+    assert torch.allclose(kept.fidelity(feats[examples], sub, examples, subsets),
+                          computed.fidelity(feats[examples], sub, examples, subsets), rtol=1e-6)
+
+
 def test_steered_column_shift_gradient_matches_finite_differences():
     """column_logits' hand-written backward of (delta, sum p s, s_y) against torch.autograd.gradcheck in float64."""
     from stride_assets.engine.column_logits import _Steered

@@ -173,6 +173,8 @@ class ColumnLogits:
         bounds = torch.searchsorted(ops, torch.arange(self.bank.K + 1, device=ops.device)).tolist()
         for k in range(self.bank.K):
             a, b = bounds[k], bounds[k + 1]
+            if a == b:  # an operator without members (a draw can leave a subset empty)
+                continue
             rows = self.pair_codes[a:b] - k * n
             self.pair_p[a:b] = self._probabilities(feats[rows, :-1], rows, index[k].expand(b - a, -1),
                                                    self.lse[rows][:, :T - 1], shared=True)
