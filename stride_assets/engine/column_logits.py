@@ -116,8 +116,8 @@ class ColumnLogits:
     ~130 MB per shard of 256) keeps them, laid out (n, V + 1, T) so that a pair's m columns are m contiguous
     rows of T, and a step gathers them instead of computing them from the head (about half a step's
     products). A big vocabulary, given the design's member ``pairs`` (subsets, examples), keeps instead each
-    member pair's (m, T - 1) block for the fidelity term when they fit (n x d x m x (T - 1) floats: 252 MB for a
-    shard of 256 at d 8, 512 columns, T 64), computed operator by operator in one product per operator (a
+    member pair's (m, T - 1) block for the fidelity term when they fit (n x d x m x (T - 1) floats: 198 MB for a
+    shard of 256 at d 6, 512 columns, T 64), computed operator by operator in one product per operator (a
     step then gathers 32 blocks instead of 32 x m head rows and their product); non-member pairs (stability)
     and whatever does not fit are computed every step."""
 
@@ -166,7 +166,7 @@ class ColumnLogits:
         of ``pair_codes`` (subset * n + example, sorted)."""
         n, T = feats.shape[:2]
         codes = subsets.to(feats.device) * n + examples.to(feats.device)
-        self.pair_codes, order = torch.sort(codes)
+        self.pair_codes = torch.sort(codes).values
         index = self.bank.column_index
         self.pair_p = feats.new_empty(len(codes), index.shape[1], T - 1)
         ops = self.pair_codes // n
@@ -190,7 +190,7 @@ class ColumnLogits:
             picked = flat.index_select(0, (rows.unsqueeze(1) * (self.V + 1) + index).reshape(-1))
             return picked.view(N, index.shape[1], -1)[..., :T]
         if self.pair_p is not None and ops is not None and T <= self.pair_p.shape[-1]:
-            codes = ops * self.lse.shape[0] + rows
+            codes = (ops * self.lse.shape[0] + rows).to(self.pair_codes.device)
             pos = torch.searchsorted(self.pair_codes, codes).clamp_max(len(self.pair_codes) - 1)
             if bool((self.pair_codes[pos] == codes).all()):  # member pairs (fidelity); else computed below
                 return self.pair_p.index_select(0, pos)[..., :T]
