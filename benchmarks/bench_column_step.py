@@ -7,7 +7,8 @@
 - a shard's first-order responses per query: the full-vocabulary gradient by autograd (as before) vs the
   gradient at the bank's columns only from the stored log-normalisers (``column_logits.loss_gradient``).
 
-Shapes of the default profile (K 48 per shard of 256, d 8, rank 48, 512 columns, T 64, query batch 16) on the
+Shapes of the default profile as it was when `column_step.json` was made (7122e7d: K 48 per shard of 256, d 8;
+the profile now has K 128 and d 6), rank 48, 512 columns, T 64, query batch 16, on the
 tiny default's head (vocab 2,048, d 128) and GPT-2 124M's (50,257, 768); random features and weights (the
 cost does not depend on their values); each operator's columns drawn from one pool of 4,096 tokens
 (an assumption standing for the tokens a shard's passages predict; on real text the union is what

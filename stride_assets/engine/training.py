@@ -207,10 +207,9 @@ def train_operators(
         if cfg.linearity_weight > 0
         else None
     )
-    members = tuple(torch.as_tensor(a) for a in design.member_table())
-    losses = (column_logits.ColumnLogits(site, bank, feats, batch=batch, pairs=members)
-              if column_logits.applies(site, bank)
-              else SiteLosses(site, bank))
+    losses = (column_logits.ColumnLogits(site, bank, feats, batch=batch,
+                                         pairs=(torch.as_tensor(sampler.subsets), torch.as_tensor(sampler.examples)))
+              if column_logits.applies(site, bank) else SiteLosses(site, bank))
     out = TrainLog()
     start = time.perf_counter()
     bank.train()
