@@ -105,10 +105,20 @@ def sparser(default, n: int) -> dict:
     out["attempt_default_d3"] = default.with_(design={"d": 3}, training={"steps": steps_for_epochs(4, bs, n, 3)})
     out["attempt_default_d4_K_x3"] = out["attempt_default_d4"].with_(design={"K": 3 * K})
     out["attempt_default_d3_K_x2"] = out["attempt_default_d3"].with_(design={"K": 2 * K})
+    for d, scale in ((12, 4), (18, 6), (24, 8)):  # as dense as 2 / 3 / 4 default designs, in one design and Lasso
+        out[f"attempt_default_d{d}_K_x{scale}"] = default.with_(
+            design={"d": d, "K": scale * K}, training={"steps": steps_for_epochs(4, bs, n, d)})
+    out["attempt_default_d12_K_x4_epochs3"] = out["attempt_default_d12_K_x4"].with_(
+        training={"steps": steps_for_epochs(3, bs, n, 12)})
     for d in (4, 6):
         for scale in (1.5, 2):
             out[f"attempt_default_d{d}_K_x{scale:g}"] = out[f"attempt_default_d{d}"].with_(
                 design={"K": int(K * scale)})
+    default_design = out["attempt_default_d6_K_x2"]  # the default profile's design and training
+    out["attempt_default_epochs8"] = default_design.with_(training={"steps": steps_for_epochs(8, bs, n, 6)})
+    out |= {f"attempt_default_wd{wd:g}": default_design.with_(training={"weight_decay": wd}) for wd in (0.3, 1, 3, 10)}
+    # the default design (seed 0) with other training seeds: how much of the seeds' spread is the training's
+    out |= {f"attempt_default_train_seed{s}": default_design.with_(training={"seed": s}) for s in (1, 2)}
     return out
 
 
@@ -140,6 +150,9 @@ def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
                    grid=suites.LAMBDA_GRID, method="stride"),
+        *(MethodSpec(f"attempt_dense_x{x}", {"config": stride_logit.with_(
+            design={"K": x * K, "d": x * d}, training={"steps": x * stride_logit.training.steps})},
+            grid=suites.LAMBDA_GRID, method="stride") for x in (2, 4)),
         MethodSpec("attempt_ensemble", {"first": ("stride", {"config": stride_logit}),
                                         "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
         *(MethodSpec(name, {"config": stride_logit.with_(operators=ops)}, grid=suites.LAMBDA_GRID, method="stride")
