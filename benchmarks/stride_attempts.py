@@ -6,6 +6,9 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
 - ``attempt_ridge``: the suite's logit-form STRIDE with ridge recovery instead of the Lasso
   (influence need not be sparse); ridge strength chosen on validation.
 - ``attempt_dense``: twice the subsets per example (K x 2, d x 2): a denser measurement.
+- ``attempt_dense_x2``, ``attempt_dense_x4``: K and d x 2 / x 4 with the steps x 2 / x 4 (the same epochs).
+- ``attempt_stability_weight{0.1,0.3,3}``, ``attempt_steps_x{0.1,0.25,0.5}``: a weaker or stronger stability
+  term, fewer steps (closer to a plain member gradient in the operators' space).
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
 
@@ -37,8 +40,15 @@ On the default profile's operators (512 columns, 8 non-member pairs; 4 epochs):
 - ``attempt_default_d{3,4,6}`` and ``..._d{4,6}_K_x{1.5,2}``, ``..._d4_K_x3``, ``..._d3_K_x2``, ``..._d4_K_half``:
   sparser designs (each example in d subsets) and more or fewer subsets K, the steps following n d;
   ``..._d4_columns1024``, ``..._d6_columns1024``, ``..._d4_epochs6``, ``..._d6_epochs5``;
+- ``attempt_default_d12_K_x4``, ``..._d18_K_x6``, ``..._d24_K_x8``: as dense as 2 / 3 / 4 default designs in one
+  design (subsets of 12 passages, each in 12 / 18 / 24), 4 epochs; ``..._d12_K_x4_epochs3``;
+- ``attempt_default_epochs8``, ``attempt_default_wd{0.3,1,3,10}``: the default design trained 8 epochs, or with
+  AdamW weight decay; ``attempt_default_train_seed{1,2}``: the default design (seed 0) with other training seeds
+  (``benchmarks/design_averaging.py`` scores averages of such runs); ``attempt_default_init0`` (``_train_seed1``):
+  operators started at zero;
 - ``attempt_logit_d6_K_x2``: the vocabulary-sized logit form on the default profile's design (K x 2, d 6);
-- ``attempt_ensemble_default``: the default profile's STRIDE (K x 2, d 6) + EK-FAC, as ``attempt_ensemble``.
+- ``attempt_ensemble_default``: the default profile's STRIDE (K x 2, d 6) + EK-FAC, as ``attempt_ensemble``;
+  ``attempt_ensemble_d12_K_x4``: the same with ``attempt_default_d12_K_x4``'s STRIDE.
 
 ``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
 
@@ -119,6 +129,9 @@ def sparser(default, n: int) -> dict:
     out |= {f"attempt_default_wd{wd:g}": default_design.with_(training={"weight_decay": wd}) for wd in (0.3, 1, 3, 10)}
     # the default design (seed 0) with other training seeds: how much of the seeds' spread is the training's
     out |= {f"attempt_default_train_seed{s}": default_design.with_(training={"seed": s}) for s in (1, 2)}
+    # operators started at zero (no initial noise in A_k), with two training seeds
+    out |= {f"attempt_default_init0{'_train_seed' + str(s) if s else ''}": default_design.with_(
+        operators={"init_scale": 0.0}, training={"seed": s}) for s in (0, 1)}
     return out
 
 
@@ -146,6 +159,9 @@ def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
         extra.append(MethodSpec("attempt_ensemble_default", {
             "first": ("stride", {"config": cheaper["attempt_default_d6_K_x2"]}), "second": ("kronfluence_ekfac", {})},
             grid=ENSEMBLE_GRID, method="ensemble"))
+        extra.append(MethodSpec("attempt_ensemble_d12_K_x4", {  # the same with twice as dense a STRIDE
+            "first": ("stride", {"config": cheaper["attempt_default_d12_K_x4"]}), "second": ("kronfluence_ekfac", {})},
+            grid=ENSEMBLE_GRID, method="ensemble"))
     return extra + [
         MethodSpec("attempt_ridge", {"config": stride_logit}, grid=RIDGE_GRID, method="stride"),
         MethodSpec("attempt_dense", {"config": stride_logit.with_(design={"K": 2 * K, "d": 2 * d})},
@@ -153,6 +169,12 @@ def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
         *(MethodSpec(f"attempt_dense_x{x}", {"config": stride_logit.with_(
             design={"K": x * K, "d": x * d}, training={"steps": x * stride_logit.training.steps})},
             grid=suites.LAMBDA_GRID, method="stride") for x in (2, 4)),
+        # less curvature (weaker stability term) or an earlier stop: closer to a plain member gradient
+        *(MethodSpec(f"attempt_stability_weight{w:g}", {"config": stride_logit.with_(training={"stability_weight": w})},
+                     grid=suites.LAMBDA_GRID, method="stride") for w in (0.1, 0.3, 3)),
+        *(MethodSpec(f"attempt_steps_x{f:g}", {"config": stride_logit.with_(
+            training={"steps": max(1, round(f * stride_logit.training.steps))})},
+            grid=suites.LAMBDA_GRID, method="stride") for f in (0.1, 0.25, 0.5)),
         MethodSpec("attempt_ensemble", {"first": ("stride", {"config": stride_logit}),
                                         "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
         *(MethodSpec(name, {"config": stride_logit.with_(operators=ops)}, grid=suites.LAMBDA_GRID, method="stride")
