@@ -129,9 +129,6 @@ def sparser(default, n: int) -> dict:
     out |= {f"attempt_default_wd{wd:g}": default_design.with_(training={"weight_decay": wd}) for wd in (0.3, 1, 3, 10)}
     # the default design (seed 0) with other training seeds: how much of the seeds' spread is the training's
     out |= {f"attempt_default_train_seed{s}": default_design.with_(training={"seed": s}) for s in (1, 2)}
-    out |= {f"attempt_default_sgd_lr{lr:g}": default_design.with_(training={"optimizer": "sgd", "lr": lr})
-            for lr in (0.1, 0.3, 1, 2, 3, 30, 300)}
-    out["attempt_default_sgd_lr1_train_seed1"] = out["attempt_default_sgd_lr1"].with_(training={"seed": 1})
     # operators started at zero (no initial noise in A_k), with two training seeds
     out |= {f"attempt_default_init0{'_train_seed' + str(s) if s else ''}": default_design.with_(
         operators={"init_scale": 0.0}, training={"seed": s}) for s in (0, 1)}

@@ -190,9 +190,8 @@ class TrainConfig(_Strict):
         None, ge=1, description="non-member pairs per step for the stability term, if not batch_size")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "lazy_adam", "sgd"] = Field(
-        "adamw", description="lazy_adam: Adam that moves only the operators used in a step (cheaper per step); "
-        "sgd: SGD with momentum 0.9 (its lr is on the gradients' scale, not Adam's)")
+    optimizer: Literal["adamw", "lazy_adam"] = Field(
+        "adamw", description="lazy_adam: Adam that moves only the operators used in a step (cheaper per step)")
     fidelity_weight: float = Field(1.0, ge=0)
     stability_weight: float = Field(1.0, ge=0)
     linearity_weight: float = Field(0.0, ge=0)
