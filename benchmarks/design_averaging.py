@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from stride_assets.engine.evaluation.bench import scores_matrix
 from stride_assets.engine.evaluation.lds import lds
 
 
@@ -39,10 +40,7 @@ def ground_truth(out: Path) -> tuple[np.ndarray, np.ndarray, dict[str, int], dic
 def score_matrix(path: Path, examples: dict[str, int], queries: dict[str, int]) -> np.ndarray:
     """A stored score table (non-zeros) as a dense (Q, n) matrix; examples in no test subset are dropped
     (they add nothing to any subset's predicted sum)."""
-    frame = pl.read_parquet(path).filter(pl.col("example_id").is_in(list(examples)))
-    X = np.zeros((len(queries), len(examples)))
-    X[[queries[q] for q in frame["query_id"]], [examples[e] for e in frame["example_id"]]] = frame["score"].to_numpy()
-    return X
+    return scores_matrix(pl.read_parquet(path).filter(pl.col("example_id").is_in(list(examples))), queries, examples)
 
 
 def main() -> None:

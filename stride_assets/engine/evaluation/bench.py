@@ -233,6 +233,13 @@ def scores_frame(scores: np.ndarray, task: Task) -> pl.DataFrame:
                          "score": scores[q, i].astype(np.float32)})
 
 
+def scores_matrix(frame: pl.DataFrame, queries: dict[str, int], examples: dict[str, int]) -> np.ndarray:
+    """The interchange table back as a dense (queries x examples) matrix, rows and columns by the given indices."""
+    scores = np.zeros((len(queries), len(examples)))
+    scores[[queries[q] for q in frame["query_id"]], [examples[e] for e in frame["example_id"]]] = frame["score"]
+    return scores
+
+
 def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Protocol | None = None,
                   log: Log = print, removal: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run the whole protocol and write its files under ``out``; returns the report.
@@ -328,11 +335,8 @@ def _with_leave_out(entry: dict[str, Any], name: str, folder: BenchFolder, task:
     path = folder.file("scores", name)
     if "leave_out" in entry or "error" in entry or not path.exists():
         return entry
-    frame = pl.read_parquet(path)
-    q_index = {q: j for j, q in enumerate(task.query_ids["test"])}
-    i_index = {e: i for i, e in enumerate(task.example_ids)}
-    scores = np.zeros((len(q_index), task.n))
-    scores[[q_index[q] for q in frame["query_id"]], [i_index[e] for e in frame["example_id"]]] = frame["score"]
+    scores = scores_matrix(pl.read_parquet(path), {q: j for j, q in enumerate(task.query_ids["test"])},
+                           {e: i for i, e in enumerate(task.example_ids)})
     return {**entry, "leave_out": lds(scores, leave[0], leave[1]).as_dict()}
 
 
