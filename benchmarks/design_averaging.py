@@ -3,7 +3,8 @@
 Each seed of a STRIDE attempt (``NAME``, ``NAME_s1``, ...) draws its own design and trains its own operators;
 averaging the influence of R such runs is a measurement R times as dense, made of R separate Lassos. This
 scores every R-combination of the stored seeds on the folder's own test retrains, so the quality gained by
-spending R times the operator training shows without training anything:
+spending R times the operator training shows without training anything, and (from 3 seeds on) fits
+a + b / R through the means, whose a is where averaging ever more runs would level off:
 
     .venv/bin/python benchmarks/design_averaging.py --out DIR --method attempt_default_d6_K_x2 [--json FILE]
 """
@@ -63,9 +64,14 @@ def main() -> None:
                      "lds_min": float(min(values)), "lds_max": float(max(values))})
         print(f"{R} design(s) averaged ({len(values)} combinations): LDS {np.mean(values):.4f} "
               f"(min {min(values):.4f}, max {max(values):.4f})")
+    result = {"method": args.method, "seeds": [p.stem for p in paths], "rows": rows}
+    if len(rows) >= 3:  # least-squares a + b / R through the means: a is the limit of averaging ever more runs
+        R = np.array([r["designs"] for r in rows], dtype=float)
+        a, b = np.linalg.lstsq(np.c_[np.ones_like(R), 1 / R], [r["lds_mean"] for r in rows], rcond=None)[0]
+        result["limit_fit"] = {"a": float(a), "b": float(b)}
+        print(f"fit a + b / R: limit a = {a:.4f} (b = {b:.4f})")
     if args.json:
-        args.json.write_text(json.dumps({"method": args.method, "seeds": [p.stem for p in paths], "rows": rows},
-                                        indent=1) + "\n")
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

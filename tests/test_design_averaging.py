@@ -46,7 +46,8 @@ def test_averaging_noisy_runs_beats_each_run(tmp_path):
     out = tmp_path / "avg.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "design_averaging.py"), "--out", str(tmp_path),
                     "--method", "planted", "--json", str(out)], check=True, capture_output=True, text=True)
-    rows = {r["designs"]: r for r in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    rows = {r["designs"]: r for r in result["rows"]}
     assert sorted(rows) == [1, 2, 3] and rows[3]["combinations"] == 1
     single = [lds(X, subsets, losses).mean for X in noisy]
     # the script's single-run and all-run numbers are the LDS of those matrices on the folder's ground truth
@@ -54,3 +55,5 @@ def test_averaging_noisy_runs_beats_each_run(tmp_path):
     assert np.isclose(rows[3]["lds_mean"], lds(sum(noisy), subsets, losses).mean, atol=1e-4)
     assert rows[3]["lds_mean"] > rows[2]["lds_mean"] > rows[1]["lds_max"]
     assert rows[3]["lds_mean"] < lds(truth, subsets, losses).mean  # the planted truth stays the ceiling
+    # the fitted limit of averaging ever more runs lies above what three runs reached
+    assert result["limit_fit"]["a"] > rows[3]["lds_mean"] and result["limit_fit"]["b"] < 0
