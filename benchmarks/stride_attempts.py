@@ -9,6 +9,12 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
 - ``attempt_dense_x2``, ``attempt_dense_x4``: K and d x 2 / x 4 with the steps x 2 / x 4 (the same epochs).
 - ``attempt_stability_weight{0.1,0.3,3}``, ``attempt_steps_x{0.1,0.25,0.5}``: a weaker or stronger stability
   term, fewer steps (closer to a plain member gradient in the operators' space).
+- ``attempt_damping{w}``: an L2 penalty w ||W^T A_k||^2 on each member pair's operator (its weight change), the
+  analogue of an influence function's damping (``training.damping_weight``).
+- Classifier suites only, operators on the MLP's first layer (``attempt_pre_activation``, form ``pre_activation``:
+  a low-rank change of W1) or on both layers (``attempt_full``, form ``full``), with the damping grid
+  (``..._damping{w}``), and ``attempt_full_rank_x2`` / ``_rank_half`` / ``_stability_weight{0.3,3}``;
+  ``benchmarks/layer_signal.py`` shows why: the first layer's gradients carry most of the signal there.
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
 
@@ -62,11 +68,14 @@ from pathlib import Path
 
 from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import MethodSpec, run_benchmark
+from stride_assets.engine.evaluation.classifier import ClassifierTask
 from stride_assets.engine.training import steps_for_epochs
 
 RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0.9)]
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
 
+
+DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0)  # damping_weight of the ``*_damping`` attempts
 
 FORM_ATTEMPTS = {
     "attempt_members_rank16": {"columns": 1024, "rank": 16},
@@ -147,9 +156,26 @@ def same_cost(default) -> dict:
     }
 
 
-def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
+def both_layers(stride_logit) -> dict:
+    """Classifier suites: operators on both layers of the MLP (form ``full``), at the logit form's settings, with
+    twice / half the rank, and with a weaker or stronger stability term."""
+    full = stride_logit.with_(operators={"form": "full"})
+    rank = full.operators.rank
+    out = {"attempt_full": full, "attempt_full_rank_x2": full.with_(operators={"rank": 2 * rank}),
+           "attempt_full_rank_half": full.with_(operators={"rank": rank // 2})}
+    out |= {f"attempt_full_stability_weight{w:g}": full.with_(training={"stability_weight": w}) for w in (0.3, 3)}
+    out |= {f"attempt_full_damping{w:g}": full.with_(training={"damping_weight": w}) for w in DAMPING}
+    pre = stride_logit.with_(operators={"form": "pre_activation"})
+    out["attempt_pre_activation"] = pre
+    out |= {f"attempt_pre_activation_damping{w:g}": pre.with_(training={"damping_weight": w}) for w in DAMPING}
+    return out
+
+
+def attempts(stride_logit, members=None, n: int = 0, classifier: bool = False) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
     cheaper = cheaper_training(members, n) if members is not None else {}
+    if classifier:
+        cheaper |= both_layers(stride_logit)
     # the vocabulary-sized logit form on the default profile's design (subsets of about 12, each example in 6)
     cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
         "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
@@ -175,6 +201,9 @@ def attempts(stride_logit, members=None, n: int = 0) -> list[MethodSpec]:
         *(MethodSpec(f"attempt_steps_x{f:g}", {"config": stride_logit.with_(
             training={"steps": max(1, round(f * stride_logit.training.steps))})},
             grid=suites.LAMBDA_GRID, method="stride") for f in (0.1, 0.25, 0.5)),
+        # an L2 penalty on the operators: the analogue of an influence function's damping
+        *(MethodSpec(f"attempt_damping{w:g}", {"config": stride_logit.with_(training={"damping_weight": w})},
+                     grid=suites.LAMBDA_GRID, method="stride") for w in DAMPING),
         MethodSpec("attempt_ensemble", {"first": ("stride", {"config": stride_logit}),
                                         "second": ("kronfluence_ekfac", {})}, grid=ENSEMBLE_GRID, method="ensemble"),
         *(MethodSpec(name, {"config": stride_logit.with_(operators=ops)}, grid=suites.LAMBDA_GRID, method="stride")
@@ -203,7 +232,8 @@ def main() -> None:
     configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
     base = next(c for name, c in configs.items() if name.startswith("stride_logit"))
     members = configs.get("stride_logit_members")
-    chosen = [s for s in attempts(base, members, suite.task.n) if not args.only or s.name in args.only.split(",")]
+    classifier = isinstance(suite.task, ClassifierTask)
+    chosen = [s for s in attempts(base, members, suite.task.n, classifier) if not args.only or s.name in args.only.split(",")]
     chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
     run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False, resume=args.resume)
 

@@ -138,7 +138,8 @@ def test_training_input_errors(task: ClassifierTask):
 # --- sites ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form,in_dim,out_dim", [("logit", 128, 10), ("activation", 128, 128), ("input", 64, 64)])
+@pytest.mark.parametrize("form,in_dim,out_dim", [("logit", 128, 10), ("activation", 128, 128), ("input", 64, 64),
+                                                ("pre_activation", 64, 128), ("full", 64 + 128, 128 + 10)])
 def test_site_zero_shift_is_exact(task: ClassifierTask, trained, form: str, in_dim: int, out_dim: int):
     model, batch = trained.model, task.query_batch("val")
     site = task.site(model, form)
@@ -160,6 +161,24 @@ def test_site_zero_shift_is_exact(task: ClassifierTask, trained, form: str, in_d
     (grad,) = torch.autograd.grad(site.example_loss(steered, batch).sum(), shift)
     assert grad.abs().sum() > 0
     assert all(p.requires_grad for p in model.parameters())  # the site froze a copy, not the task's model
+
+
+def test_full_form_shifts_the_pre_activations_and_the_logits(task: ClassifierTask, trained):
+    """The full form's shift is the pre-activation form's on its first H outputs and the logit form's on the rest."""
+    model, batch = trained.model, task.query_batch("val")
+    full, pre, logit = (task.site(model, form) for form in ("full", "pre_activation", "logit"))
+    gen = torch.Generator().manual_seed(0)
+    s_pre, s_logit = torch.randn(197, 1, 128, generator=gen), torch.randn(197, 1, 10, generator=gen)
+    feats = full.encode(batch)
+    assert torch.equal(feats[:, 0, :64], batch["x"]) and torch.equal(feats[:, 0, 64:], model.features(batch["x"]))
+    zeros = (torch.zeros_like(s_pre), torch.zeros_like(s_logit))
+    on_pre = full.logits(feats, batch, torch.cat([s_pre, zeros[1]], -1))
+    assert torch.allclose(on_pre, pre.logits(pre.encode(batch), batch, s_pre))
+    on_logits = full.logits(feats, batch, torch.cat([zeros[0], s_logit], -1))
+    assert torch.allclose(on_logits, logit.logits(logit.encode(batch), batch, s_logit))
+    with torch.no_grad():
+        by_hand = model.out(torch.relu(model.hidden(batch["x"]) + s_pre[:, 0])) + s_logit[:, 0]
+    assert torch.allclose(full.logits(feats, batch, torch.cat([s_pre, s_logit], -1))[:, 0], by_hand)
 
 
 def test_site_rejects_unknown_form_and_layer(task: ClassifierTask, trained):

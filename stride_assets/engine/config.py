@@ -159,9 +159,10 @@ def default_layer_index(n_layer: int) -> int:
 class OperatorConfig(_Strict):
     """Steering operators: shared basis B (rank r) plus one r x C matrix per subset."""
 
-    form: Literal["head", "logit", "activation"] = Field(
+    form: Literal["head", "logit", "activation", "pre_activation", "full"] = Field(
         "activation", description="head (the output head's input: r x d_model per operator), logit (the logits: "
-        "r x vocabulary per operator) or activation (residual stream at `layer`)"
+        "r x vocabulary per operator) or activation (residual stream at `layer`); pre_activation (the first "
+        "layer) and full (both layers) of the benchmarks' MLP classifiers, not for language models"
     )
     layer: int | None = Field(None, description="decoder layer whose input is steered; None = round(2/3 depth)")
     rank: int = Field(16, ge=1)
@@ -195,6 +196,8 @@ class TrainConfig(_Strict):
     fidelity_weight: float = Field(1.0, ge=0)
     stability_weight: float = Field(1.0, ge=0)
     linearity_weight: float = Field(0.0, ge=0)
+    damping_weight: float = Field(0.0, ge=0, description="w_d of an L2 penalty on the weight change of the member "
+                                  "pairs' operators (||W^T A_k||^2), the analogue of an influence function's damping")
     linearity_sketch: int = Field(64, ge=1, description="q, columns of the JL sketch M R")
     linearity_ridge: float = Field(1.0, gt=0, description="gamma in the sketched projection")
     linearity_batch: int = Field(8, ge=1, description="examples whose K-vector of responses is penalised")

@@ -116,6 +116,17 @@ class OperatorBank(nn.Module):
             full = full + (self.codes(feats) * self.a[ops].unsqueeze(1)) @ self.G
         return full
 
+    def damping(self, ops: torch.Tensor) -> torch.Tensor:
+        """Mean over ``ops`` of ||W^T A_k (U)||_F^2: the size of the weight change operator k makes on the standardised
+        features (W the linear basis; the identity for an MLP basis), so rescaling B against A cannot shrink it."""
+        A = self.A[ops]
+        basis = self.basis
+        G = basis.weight @ basis.weight.T if isinstance(basis, nn.Linear) else None
+        GA = A if G is None else G @ A
+        if self.U is not None:
+            GA = GA @ (self.U @ self.U.T)
+        return (A * GA).sum((1, 2)).mean()
+
     def dense_A(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Operators ``start:stop`` as full r x C matrices (a column bank scattered into its columns)."""
         A = self.A[start:stop]

@@ -7,6 +7,8 @@ Each step takes ``batch_size`` (subset, member) pairs in a seeded, epoch-wise sh
     loss = w_f * NLL(steered_k on members of k)
          + w_s * KL(base || steered_k on non-members of k)
          + w_l * || P y - y ||^2        (optional linearity, P = Mt (Mt^T Mt + g I)^-1 Mt^T, Mt = M R)
+         + w_d * || W^T A_k ||^2        (optional damping: the weight change of the member pairs' operators,
+                                          as an influence function's damping term lambda ||delta theta||^2)
 
 The frozen model's features come from the cache; only the layers above the hook (activation
 form) or the output head (logit form) run, and no gradient reaches the model's weights.
@@ -222,11 +224,14 @@ def train_operators(
             k2, j = (torch.as_tensor(a) for a in sampler.non_members(cfg.non_member_pairs))
             touched.append(k2)
             terms["stability"] = losses.stability(feats[j], take(batch, j), j, k2)
+        if cfg.damping_weight > 0:
+            terms["damping"] = bank.damping(k)
         if projector is not None:
             probe = torch.as_tensor(sampler.rng.integers(0, design.n, cfg.linearity_batch))
             y = first_order(site, bank, feats[probe], take(batch, probe), differentiable=True)  # (B, K)
             terms["linearity"] = ((y @ projector.T - y) ** 2).sum(-1).mean()
-        weights = {"fidelity": cfg.fidelity_weight, "stability": cfg.stability_weight, "linearity": cfg.linearity_weight}
+        weights = {"fidelity": cfg.fidelity_weight, "stability": cfg.stability_weight,
+                   "linearity": cfg.linearity_weight, "damping": cfg.damping_weight}
         loss = check_finite(sum(weights[n] * t for n, t in terms.items()), f"operator loss at step {step}")
         opt.zero_grad(set_to_none=True)
         bank.A.grad = None

@@ -11,7 +11,9 @@ fixed initialisation per seed, full-batch Adam, cosine learning rate, no data or
   a sum over models, so every model follows exactly the trajectory it would follow alone.
 
 ``ClassifierSite`` is where STRIDE's operators attach (token axis T = 1): on the logits
-("logit"), on the hidden activations ("activation") or on the inputs ("input").
+("logit"), on the hidden activations ("activation"), on the inputs ("input"), on the hidden pre-activations read
+from the inputs ("pre_activation": a low-rank change of the first weight matrix), or on both layers ("full": the
+hidden pre-activations and the logits, so an operator acts as a low-rank change of both weight matrices).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from stride_assets.engine.errors import StrideConfigError, StrideInputError
 from stride_assets.engine.evaluation.task import Trained
 
 SPLITS = ("val", "test")
-FORMS = ("head", "logit", "activation", "input")
+FORMS = ("head", "logit", "activation", "input", "pre_activation", "full")
 # Float elements of batched-training activations allowed per chunk of models (~256 MiB).
 _CHUNK_ELEMENTS = 1 << 26
 
@@ -101,7 +103,11 @@ class ClassifierSite:
 
     - "logit": feats = hidden activations (N, 1, H); logits = out(feats) + shift, C = classes;
     - "activation" (= "head": the output layer's input): feats = hidden activations; logits = out(feats + shift), C = H;
-    - "input": feats = inputs (N, 1, F); logits = MLP(feats + shift), C = F.
+    - "input": feats = inputs (N, 1, F); logits = MLP(feats + shift), C = F;
+    - "pre_activation": feats = inputs; logits = out(relu(W1 x + b1 + shift)), C = H;
+    - "full": feats = [inputs, hidden activations] (N, 1, F + H); the shift's first H outputs are added to the
+      hidden pre-activations, its last ``classes`` to the logits: logits = out(relu(W1 x + b1 + s_1)) + s_2,
+      C = H + classes. The basis reads both layers' inputs, so operator k is a low-rank change of W1 and W2.
     """
 
     def __init__(self, model: MLP, form: str):
@@ -111,19 +117,32 @@ class ClassifierSite:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         n_features, hidden = self.model.hidden.in_features, self.model.hidden.out_features
         n_classes = self.model.out.out_features
-        self.in_dim = n_features if form == "input" else hidden
-        self.out_dim = {"logit": n_classes, "activation": hidden, "head": hidden, "input": n_features}[form]
+        self.n_features = n_features
+        self.in_dim = {"input": n_features, "pre_activation": n_features, "full": n_features + hidden}.get(form, hidden)
+        self.out_dim = {"logit": n_classes, "activation": hidden, "head": hidden, "input": n_features,
+                        "pre_activation": hidden, "full": hidden + n_classes}[form]
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:
         x = batch["x"]
-        return (x if self.form == "input" else self.model.features(x)).unsqueeze(1)
+        if self.form == "full":
+            return torch.cat([x, self.model.features(x)], -1).unsqueeze(1)
+        return (x if self.form in ("input", "pre_activation") else self.model.features(x)).unsqueeze(1)
 
     def logits(self, feats: torch.Tensor, batch: Batch, shift: torch.Tensor | None = None) -> torch.Tensor:
         h = feats[:, 0]
         s = None if shift is None else shift[:, 0]
         if self.form == "input":
             return self.model(h if s is None else h + s).unsqueeze(1)
+        if self.form == "pre_activation":
+            out = self.model(h) if s is None else self.model.out(torch.relu(self.model.hidden(h) + s))
+            return out.unsqueeze(1)
+        if self.form == "full":
+            x, hidden = h[:, :self.n_features], self.model.hidden.out_features
+            if s is None:
+                return self.model(x).unsqueeze(1)
+            pre = self.model.hidden(x) + s[:, :hidden]
+            return (self.model.out(torch.relu(pre)) + s[:, hidden:]).unsqueeze(1)
         if self.form in ("activation", "head"):
             return self.model.out(h if s is None else h + s).unsqueeze(1)
         out = self.model.out(h)
