@@ -75,6 +75,8 @@ RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
 
 
+# damped operators measure a dense influence: smaller Lasso penalties and ridge as well
+WIDE_GRID = [{"lambda_ratio": r} for r in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)] + RIDGE_GRID
 DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0)  # damping_weight of the ``*_damping`` attempts
 
 FORM_ATTEMPTS = {
@@ -165,6 +167,9 @@ def both_layers(stride_logit) -> dict:
            "attempt_full_rank_half": full.with_(operators={"rank": rank // 2})}
     out |= {f"attempt_full_stability_weight{w:g}": full.with_(training={"stability_weight": w}) for w in (0.3, 3)}
     out |= {f"attempt_full_damping{w:g}": full.with_(training={"damping_weight": w}) for w in DAMPING}
+    # both layers with a basis nearly as wide as their inputs (the first layer's few inputs are not crowded out)
+    out |= {f"attempt_full_rank_x2_damping{w:g}": out["attempt_full_rank_x2"].with_(training={"damping_weight": w})
+            for w in (0.01, 0.1)}
     pre = stride_logit.with_(operators={"form": "pre_activation"})
     out["attempt_pre_activation"] = pre
     out |= {f"attempt_pre_activation_damping{w:g}": pre.with_(training={"damping_weight": w}) for w in DAMPING}
@@ -174,8 +179,7 @@ def both_layers(stride_logit) -> dict:
 def attempts(stride_logit, members=None, n: int = 0, classifier: bool = False) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
     cheaper = cheaper_training(members, n) if members is not None else {}
-    if classifier:
-        cheaper |= both_layers(stride_logit)
+    layers = both_layers(stride_logit) if classifier else {}
     # the vocabulary-sized logit form on the default profile's design (subsets of about 12, each example in 6)
     cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
         "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
@@ -210,6 +214,7 @@ def attempts(stride_logit, members=None, n: int = 0, classifier: bool = False) -
           for name, ops in FORM_ATTEMPTS.items()),
         *(MethodSpec(name, {"config": config}, grid=suites.LAMBDA_GRID, method="stride")
           for name, config in cheaper.items()),
+        *(MethodSpec(name, {"config": config}, grid=WIDE_GRID, method="stride") for name, config in layers.items()),
     ]
 
 
