@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from stride_assets.engine.backbone import ActivationSite, decoder_layers, default_layer, encode_all, make_site
-from stride_assets.engine.config import TrainConfig
+from stride_assets.engine.config import StrideConfig, TrainConfig
 from stride_assets.engine.design import draw_design
 from stride_assets.engine.errors import StrideConfigError
 from stride_assets.engine.measure import responses
@@ -93,6 +93,8 @@ def test_default_layer_and_range_checks():
         ActivationSite(model, layer=3)
     with pytest.raises(StrideConfigError, match="unknown operator form"):
         make_site(model, "weights")
+    with pytest.raises(StrideConfigError, match="MLP classifiers; a language model takes head, logit, activation"):
+        make_site(model, StrideConfig().with_(operators={"form": "pre_activation"}).operators.form)
 
 
 BANKS = {"dense": {}, "columns": {"columns": 20}, "factored": {"output_rank": 5}}

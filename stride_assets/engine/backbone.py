@@ -225,6 +225,7 @@ class HeadSite(LogitSite):
 
 
 FORMS = ("head", "logit", "activation")
+CLASSIFIER_FORMS = ("pre_activation", "full")  # evaluation/classifier.py's sites only
 
 
 def make_site(model: nn.Module, form: str, layer: int | None = None) -> Site:
@@ -234,6 +235,9 @@ def make_site(model: nn.Module, form: str, layer: int | None = None) -> Site:
         return HeadSite(model)
     if form == "logit":
         return LogitSite(model)
+    if form in CLASSIFIER_FORMS:
+        raise StrideConfigError(f"operator form {form!r} steers the benchmarks' MLP classifiers; a language model "
+                                f"takes {', '.join(FORMS)}")
     raise StrideConfigError(f"unknown operator form {form!r} ({', '.join(FORMS)})")
 
 
