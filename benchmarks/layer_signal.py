@@ -24,6 +24,7 @@ from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import Protocol, ground_truth
 from stride_assets.engine.evaluation.task import draw_subsets
 from stride_assets.engine.evaluation.lds import lds
+from stride_assets.engine.evaluation.methods.base import DampedSolver
 from stride_assets.engine.evaluation.methods.gradients import per_example_grads
 from stride_assets.engine.store import BenchFolder
 
@@ -45,10 +46,8 @@ def layer_scores(G_train: torch.Tensor, G_query: torch.Tensor) -> dict[str, np.n
     G_train, G_query = G_train.double(), G_query.double()
     out = {"grad_dot": (G_query @ G_train.T).numpy()}
     H = G_train.T @ G_train / len(G_train)
-    scale = torch.trace(H) / H.shape[0]
     for lam in DAMPINGS:
-        solved = torch.linalg.solve(H + lam * scale * torch.eye(H.shape[0], dtype=H.dtype), G_train.T)
-        out[f"influence_damping{lam:g}"] = (G_query @ solved).numpy()
+        out[f"influence_damping{lam:g}"] = (G_query @ DampedSolver.fit(H, lam).solve(G_train.T)).numpy()
     return out
 
 
