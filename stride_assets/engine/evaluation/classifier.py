@@ -118,9 +118,10 @@ class ClassifierSite:
         n_features, hidden = self.model.hidden.in_features, self.model.hidden.out_features
         n_classes = self.model.out.out_features
         self.n_features = n_features
-        self.in_dim = {"input": n_features, "pre_activation": n_features, "full": n_features + hidden}.get(form, hidden)
-        self.out_dim = {"logit": n_classes, "activation": hidden, "head": hidden, "input": n_features,
-                        "pre_activation": hidden, "full": hidden + n_classes}[form]
+        self.in_dim, self.out_dim = {  # (features the basis reads, outputs a shift has) per form
+            "logit": (hidden, n_classes), "activation": (hidden, hidden), "head": (hidden, hidden),
+            "input": (n_features, n_features), "pre_activation": (n_features, hidden),
+            "full": (n_features + hidden, hidden + n_classes)}[form]
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:
