@@ -71,12 +71,9 @@ from stride_assets.engine.evaluation.bench import MethodSpec, run_benchmark
 from stride_assets.engine.evaluation.classifier import ClassifierTask
 from stride_assets.engine.training import steps_for_epochs
 
-RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0.9)]
+RIDGE_GRID, WIDE_GRID = suites.RIDGE_GRID, suites.WIDE_GRID
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
 
-
-# damped operators measure a dense influence: smaller Lasso penalties and ridge as well
-WIDE_GRID = [{"lambda_ratio": r} for r in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)] + RIDGE_GRID
 DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0)  # damping_weight of the ``*_damping`` attempts
 
 FORM_ATTEMPTS = {

@@ -130,3 +130,28 @@ def test_resume_skips_methods_already_in_the_report(tmp_path: Path, wine_csv: Pa
                           removal=False, resume=True)  # another protocol: nothing is reused
     assert "repsim" not in third and third["protocol"]["seed"] == 5
     assert not any("in the report already" in line for line in later)
+
+
+def test_a_stride_sweep_chooses_its_training_setting_on_validation(tmp_path: Path, wine_csv: Path) -> None:
+    """A sweep of two operator trainings (one damped until its operators barely move) picks the other on the
+    validation draw, scores the test queries exactly as that config alone does, and counts both trainings'
+    one-time cost."""
+    task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=16, steps=100))
+    good = StrideConfig().with_(design={"K": 48, "d": 6}, operators={"form": "pre_activation", "rank": 4},
+                                training={"steps": 40, "batch_size": 256, "lr": 1e-2}, recovery={"n_jobs": 1})
+    crushed = good.with_(training={"damping_weight": 1e4})
+    grid = suites.LAMBDA_GRID[:2]
+    specs = [MethodSpec("alone", {"config": good}, grid=grid, method="stride"),
+             MethodSpec("sweep", {"configs": {"crushed": crushed, "good": good}},
+                        grid=[{"variant": v, **o} for v in ("crushed", "good") for o in grid], method="stride_sweep")]
+    report = run_benchmark(task, specs, tmp_path, replace(SMALL, m=8, m_val=6), log=lambda _: None, removal=False)
+    sweep, alone = report["sweep"], report["alone"]
+    assert sweep["chosen"]["variant"] == "good" and len(sweep["grid"]) == 4
+    crushed_val = max(g["val_lds"] for g in sweep["grid"] if g["setting"]["variant"] == "crushed")
+    assert crushed_val < sweep["val_lds"]
+    assert sweep["lds_mean"] == pytest.approx(alone["lds_mean"], abs=1e-9)
+    assert sweep["one_time_seconds"] > alone["one_time_seconds"]
+    with pytest.raises(ValueError, match="unknown STRIDE variant"):
+        from stride_assets.engine.evaluation.methods import StrideSweep
+
+        StrideSweep({"good": good}).attribute("val", variant="nope")

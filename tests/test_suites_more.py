@@ -24,6 +24,15 @@ def _epochs(cfg: StrideConfig, n: int) -> float:
     return member_epochs(cfg.training.steps, cfg.training.batch_size, n, cfg.design.d)
 
 
+def _configs(settings) -> list[StrideConfig]:
+    """A suite's STRIDE settings as configs: one, or a sweep's (label -> config)."""
+    return [settings] if isinstance(settings, StrideConfig) else list(settings.values())
+
+
+def _spec_configs(spec) -> list[StrideConfig]:
+    return _configs(spec.settings.get("config") or spec.settings.get("configs", {}))
+
+
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any network connection fails the test."""
@@ -70,9 +79,10 @@ def test_suite_settings_raise_steps_to_several_epochs_on_big_training_sets():
         for quick in (True, False):
             default = stride(quick)
             for n in (100, 5_000, 200_000):
-                for name, cfg in stride(quick, n).items():
-                    assert _epochs(cfg, n) >= suites.MIN_OPERATOR_EPOCHS
-                    assert cfg.training.steps >= default[name].training.steps  # never fewer than the defaults
+                for name, settings in stride(quick, n).items():
+                    for cfg, plain in zip(_configs(settings), _configs(default[name])):
+                        assert _epochs(cfg, n) >= suites.MIN_OPERATOR_EPOCHS
+                        assert cfg.training.steps >= plain.training.steps  # never fewer than the defaults
     assert suites.lm_stride(False, 5_000)["stride"].training.steps == 3_750  # 3 * 5000 * 8 / 32
 
 
@@ -105,8 +115,8 @@ def test_quick_table_is_smaller_with_a_smaller_mlp_and_enough_operator_epochs(ta
     assert quick.task.recipe.hidden < full.task.recipe.hidden and quick.task.recipe.steps <= full.task.recipe.steps
     for suite in (quick, full):
         for spec in suite.specs:
-            if spec.method == "stride":
-                assert _epochs(spec.settings["config"], suite.task.n) >= suites.MIN_OPERATOR_EPOCHS
+            for cfg in _spec_configs(spec) if spec.method in ("stride", "stride_sweep") else []:
+                assert _epochs(cfg, suite.task.n) >= suites.MIN_OPERATOR_EPOCHS
 
 
 def test_quick_text_file_is_smaller_with_a_smaller_gpt_and_enough_operator_epochs(corpus):
@@ -117,8 +127,8 @@ def test_quick_text_file_is_smaller_with_a_smaller_gpt_and_enough_operator_epoch
     assert quick.task.recipe.vocab_size < full.task.recipe.vocab_size
     for suite in (quick, full):
         for spec in suite.specs:
-            if spec.method == "stride":
-                assert _epochs(spec.settings["config"], suite.task.n) >= suites.MIN_OPERATOR_EPOCHS
+            for cfg in _spec_configs(spec) if spec.method in ("stride", "stride_sweep") else []:
+                assert _epochs(cfg, suite.task.n) >= suites.MIN_OPERATOR_EPOCHS
 
 
 # --- the new suites ------------------------------------------------------------------------------
@@ -138,13 +148,26 @@ def test_bundled_tabular_suites_build_offline(offline, name, sizes):
         task = suite.task
         assert (task.n, len(task.query_ids["val"]), len(task.query_ids["test"])) == sizes
         _check_ids(task)
-        assert {"stride_logit", "stride_hidden", "grad_dot"} <= {s.name for s in suite.specs}
+        assert {"stride_logit", "stride_hidden", "stride_pre_activation", "grad_dot"} <= {s.name for s in suite.specs}
         assert suite.protocol.m == (16 if quick else 64)
         for spec in suite.specs:  # STRIDE's design can be drawn (wine's 100 examples: K lowered from 1024)
-            if spec.method == "stride":
-                dc = spec.settings["config"].design
+            for dc in (c.design for c in _spec_configs(spec)) if spec.method in ("stride", "stride_sweep") else []:
                 assert task.n * dc.d / dc.K >= suites.MIN_SUBSET_MEMBERS
                 assert draw_design(task.n, dc.K, dc.d, dc.seed).subset_sizes().min() > 0
+
+
+def test_first_layer_stride_sweeps_the_damping_on_validation():
+    """The classifier suites' stride_pre_activation: one first-layer config per damping weight, the weight
+    chosen on validation together with the recovery (every pair of weight and recovery option in the grid)."""
+    spec = next(s for s in suites.build("wine-mlp").specs if s.name == "stride_pre_activation")
+    configs = spec.settings["configs"]
+    assert spec.method == "stride_sweep" and len(configs) == len(suites.FIRST_LAYER_DAMPING)
+    assert sorted(c.training.damping_weight for c in configs.values()) == sorted(suites.FIRST_LAYER_DAMPING)
+    assert {c.operators.form for c in configs.values()} == {"pre_activation"}
+    assert len(spec.grid) == len(configs) * len(suites.WIDE_GRID)
+    assert {o["variant"] for o in spec.grid} == set(configs)
+    seeded = suites.stride_spec("x", suites.classifier_stride(False, 100)["stride_pre_activation"], seed=2)
+    assert {c.design.seed for c in seeded.settings["configs"].values()} == {2}
 
 
 def test_small_training_sets_get_fewer_subsets():

@@ -1,6 +1,7 @@
 """Named benchmarks: a task, the methods to compare on it, and the protocol (full or quick).
 
-    digits-mlp            scikit-learn's load_digits, MLP classifier, STRIDE in logit form and on the hidden layer
+    digits-mlp            scikit-learn's load_digits, MLP classifier, STRIDE in logit form, on the hidden layer, and
+                          on the first layer's pre-activations (damping chosen on validation)
     breast-cancer-mlp     scikit-learn's load_breast_cancer (569 rows, 2 classes), as digits-mlp
     wine-mlp              scikit-learn's load_wine (178 rows, 3 classes), as digits-mlp
     pydoc-gpt             the embedded Python docs, a small GPT-2 trained here, STRIDE in activation (and logit) form
@@ -39,6 +40,10 @@ from stride_assets.engine.store import BenchFolder
 MIN_OPERATOR_EPOCHS = 3.0  # the suites' operator training: at least this many passes over the member pairs
 MIN_SUBSET_MEMBERS = 8  # and K at most n * d / this: a design for few examples (wine: 100) keeps no empty subset
 LAMBDA_GRID = [{"lambda_ratio": r} for r in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)]
+RIDGE_GRID = [{"lambda_ratio": r, "solver": "ridge"} for r in (0.01, 0.1, 0.5, 0.9)]
+# damped operators measure a dense influence: smaller Lasso penalties, and ridge as well
+WIDE_GRID = [{"lambda_ratio": r} for r in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)] + RIDGE_GRID
+FIRST_LAYER_DAMPING = (0.01, 0.1, 1.0)  # stride_pre_activation's damping weights, one operator training each
 DAMPING_GRID = [{"damping": d} for d in (1e-3, 1e-2, 1e-1, 1.0)]
 # logra's damping is relative to trace / min(n, k); its best values sat at the top of the grid above
 # on every benchmark (benchmarks/notes_logra.md)
@@ -74,8 +79,13 @@ def _fit_to(base: StrideConfig, n: int | None) -> StrideConfig:
     return base.with_(design={"K": K}, training={"steps": max(t.steps, need)})
 
 
-def classifier_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
-    """STRIDE on an MLP classifier (``n`` training examples): logit form, and the hidden-layer (activation) form.
+def classifier_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig | dict[str, StrideConfig]]:
+    """STRIDE on an MLP classifier (``n`` training examples): logit form, the hidden-layer (activation) form, and
+    ``stride_pre_activation``: operators on the first layer (a low-rank change of W1, form ``pre_activation``)
+    with the damping term, one training per weight of ``FIRST_LAYER_DAMPING``, the weight chosen on validation
+    with the recovery (``WIDE_GRID``). The first layer carries most of an MLP's attribution signal
+    (``benchmarks/layer_signal.py``: the output layer alone tops out at 0.52-0.60 LDS, the first layer damped
+    at 0.66-0.72), and damping keeps each operator's weight change small, as an influence function's does.
 
     K, d and rank were chosen on the digits validation draw (benchmarks/ablation_digits.json):
     rank 16 -> 64 raised validation LDS 0.48 -> 0.53, K 512/d 16 -> K 1024/d 32 to 0.56.
@@ -86,7 +96,10 @@ def classifier_stride(quick: bool, n: int | None = None) -> dict[str, StrideConf
         training={"steps": 100 if quick else 250, "batch_size": 2048, "lr": 1e-2, "stability_weight": 1.0},
         recovery={"n_jobs": -1},
     ), n)
-    return {"stride_logit": base, "stride_hidden": base.with_(operators={"form": "activation"})}
+    first_layer = base.with_(operators={"form": "pre_activation"})
+    return {"stride_logit": base, "stride_hidden": base.with_(operators={"form": "activation"}),
+            "stride_pre_activation": {f"damping{w:g}": first_layer.with_(training={"damping_weight": w})
+                                      for w in FIRST_LAYER_DAMPING}}
 
 
 def lm_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
@@ -108,14 +121,25 @@ def lm_stride(quick: bool, n: int | None = None) -> dict[str, StrideConfig]:
             "stride_logit_members": base.with_(operators={"form": "logit", "columns": 1024, "rank": 48})}
 
 
-def _specs(task: Task, stride: dict[str, StrideConfig], stride_seeds: int) -> list[MethodSpec]:
+def _reseeded(config: StrideConfig, seed: int) -> StrideConfig:
+    return config.with_(design={"seed": seed}, training={"seed": seed}) if seed else config
+
+
+def stride_spec(name: str, settings: StrideConfig | dict[str, StrideConfig], seed: int = 0) -> MethodSpec:
+    """One STRIDE config (lambda chosen on validation), or a sweep of configs (label -> config: one operator
+    training each, the label chosen on validation with the recovery over ``WIDE_GRID``), reseeded."""
+    if isinstance(settings, StrideConfig):
+        return MethodSpec(name, {"config": _reseeded(settings, seed)}, grid=LAMBDA_GRID, method="stride")
+    return MethodSpec(name, {"configs": {label: _reseeded(c, seed) for label, c in settings.items()}},
+                      grid=[{"variant": label, **option} for label in settings for option in WIDE_GRID],
+                      method="stride_sweep")
+
+
+def _specs(task: Task, stride: dict[str, StrideConfig | dict[str, StrideConfig]],
+           stride_seeds: int) -> list[MethodSpec]:
     """STRIDE variants (one per seed when stride_seeds > 1: name_s0, name_s1, ...) and the baselines."""
-    strides = []
-    for name, settings in stride.items():
-        for seed in range(stride_seeds):
-            seeded = settings.with_(design={"seed": seed}, training={"seed": seed}) if seed else settings
-            strides.append(MethodSpec(f"{name}_s{seed}" if stride_seeds > 1 else name, {"config": seeded},
-                                      grid=LAMBDA_GRID, method="stride"))
+    strides = [stride_spec(f"{name}_s{seed}" if stride_seeds > 1 else name, settings, seed)
+               for name, settings in stride.items() for seed in range(stride_seeds)]
     return strides + baseline_specs(task)
 
 

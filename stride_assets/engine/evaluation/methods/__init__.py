@@ -16,6 +16,7 @@ STRIDE is ``StrideMethod`` (``stride.py``, over the engine's facade).
 | kronfluence_ekfac, kronfluence_kfac, kronfluence_diagonal | Kronfluence's influence functions (damping chosen on validation) | kronfluence_methods |
 | bergson_ekfac, bergson_trackstar | Bergson's EK-FAC and TrackStar (optional dependency; LM tasks only; damping chosen on validation) | bergson_methods |
 | stride | STRIDE: sparse recovery from subset perturbations (``config=StrideConfig``) | stride |
+| stride_sweep | STRIDE trained once per config (``configs={label: StrideConfig}``), the config chosen on validation | stride |
 | ensemble | two methods standardised per query and blended (default STRIDE + EK-FAC) | ensemble |
 """
 
@@ -48,7 +49,7 @@ from stride_assets.engine.evaluation.methods.similarity import repsim, tfidf
 from stride_assets.engine.evaluation.methods.ensemble import EnsembleMethod
 from stride_assets.engine.evaluation.methods.kronfluence_methods import DAMPING_GRID as KRONFLUENCE_DAMPING
 from stride_assets.engine.evaluation.methods.kronfluence_methods import KronfluenceMethod
-from stride_assets.engine.evaluation.methods.stride import StrideMethod
+from stride_assets.engine.evaluation.methods.stride import StrideMethod, StrideSweep
 from stride_assets.engine.evaluation.task import Task, Trained
 
 BASELINES: dict[str, Callable[..., MethodResult]] = {
@@ -96,6 +97,7 @@ METHODS: dict[str, Callable[..., AttributionMethod]] = {
     **PEERS,
     **OPTIONAL_PEERS,
     "stride": StrideMethod,
+    "stride_sweep": StrideSweep,
     "ensemble": EnsembleMethod,
 }
 
@@ -150,6 +152,7 @@ __all__ = [
     "AttributionMethod",
     "FunctionMethod",
     "StrideMethod",
+    "StrideSweep",
     "score_method",
     "CountSketch",
     "MethodResult",

@@ -74,3 +74,27 @@ class StrideMethod:
                 "final_losses": {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}}
         return MethodResult(scores, self.one_time_seconds, (measure_s + decode_s) / max(1, Y.shape[0]),
                             {**self.config.recovery.model_dump(), **option}, info)
+
+
+class StrideSweep:
+    """STRIDE trained once per config of ``configs`` (label -> StrideConfig; e.g. one per damping weight): the
+    option ``variant`` picks the config, the rest goes to its recovery, so a training setting is chosen on the
+    validation draw like lambda. Its one-time cost is every variant's, since choosing needs them all."""
+
+    def __init__(self, configs: dict[str, StrideConfig], log: Callable[[str], None] = lambda _: None):
+        if not configs:
+            raise ValueError("StrideSweep needs at least one config")
+        self.runs = {label: StrideMethod(config, log) for label, config in configs.items()}
+
+    def cache(self, task: Task, trained: Trained) -> None:
+        for run in self.runs.values():
+            run.cache(task, trained)
+
+    def attribute(self, split: str, variant: str | None = None, **option: Any) -> MethodResult:
+        label = next(iter(self.runs)) if variant is None else variant
+        if label not in self.runs:
+            raise ValueError(f"unknown STRIDE variant {label!r}; have {sorted(self.runs)}")
+        res = self.runs[label].attribute(split, **option)
+        res.one_time_seconds = sum(run.one_time_seconds for run in self.runs.values())
+        res.settings = {"variant": label, **res.settings}
+        return res
