@@ -49,7 +49,8 @@ On the default profile's operators (512 columns, 8 non-member pairs; 4 epochs):
 - ``attempt_default_d12_K_x4``, ``..._d18_K_x6``, ``..._d24_K_x8``: as dense as 2 / 3 / 4 default designs in one
   design (subsets of 12 passages, each in 12 / 18 / 24), 4 epochs; ``..._d12_K_x4_epochs3``;
 - ``attempt_default_epochs8``, ``attempt_default_wd{0.3,1,3,10}``: the default design trained 8 epochs, or with
-  AdamW weight decay; ``attempt_default_train_seed{1,2}``: the default design (seed 0) with other training seeds
+  AdamW weight decay; ``attempt_default_damping{w}``: with the damping term (``training.damping_weight``);
+  ``attempt_default_train_seed{1,2}``: the default design (seed 0) with other training seeds
   (``benchmarks/design_averaging.py`` scores averages of such runs); ``attempt_default_init0`` (``_train_seed1``):
   operators started at zero;
 - ``attempt_logit_d6_K_x2``: the vocabulary-sized logit form on the default profile's design (K x 2, d 6);
@@ -134,6 +135,7 @@ def sparser(default, n: int) -> dict:
                 design={"K": int(K * scale)})
     default_design = out["attempt_default_d6_K_x2"]  # the default profile's design and training
     out["attempt_default_epochs8"] = default_design.with_(training={"steps": steps_for_epochs(8, bs, n, 6)})
+    out |= {f"attempt_default_damping{w:g}": default_design.with_(training={"damping_weight": w}) for w in DAMPING}
     out |= {f"attempt_default_wd{wd:g}": default_design.with_(training={"weight_decay": wd}) for wd in (0.3, 1, 3, 10)}
     # the default design (seed 0) with other training seeds: how much of the seeds' spread is the training's
     out |= {f"attempt_default_train_seed{s}": default_design.with_(training={"seed": s}) for s in (1, 2)}
