@@ -17,6 +17,9 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
   ``benchmarks/layer_signal.py`` shows why: the first layer's gradients carry most of the signal there.
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
+- Classifier suites only, ``attempt_ensemble_first_layer_logra`` / ``_ekfac``: the suite's first-layer STRIDE
+  (``stride_pre_activation``) + logra (the paper's LoGRA + STRIDE) or EK-FAC; weight, damping variant, lambda and
+  the peer's damping chosen on validation.
 
 Operator forms whose per-subset size does not grow with the vocabulary (issue 11), beside the suite's
 ``stride_head`` and ``stride_logit_members``:
@@ -69,11 +72,12 @@ from pathlib import Path
 
 from stride_assets.engine.evaluation import suites
 from stride_assets.engine.evaluation.bench import MethodSpec, run_benchmark
-from stride_assets.engine.evaluation.classifier import ClassifierTask
+from stride_assets.engine.evaluation.methods import KRONFLUENCE_DAMPING
 from stride_assets.engine.training import steps_for_epochs
 
 RIDGE_GRID, WIDE_GRID = suites.RIDGE_GRID, suites.WIDE_GRID
 ENSEMBLE_GRID = [{"weight": w, "first": {"lambda_ratio": lam}} for w in (0.25, 0.5, 0.75) for lam in (0.2, 0.3)]
+PEER_DAMPING = {"logra": suites.LOGRA_DAMPING_GRID, "kronfluence_ekfac": KRONFLUENCE_DAMPING}
 
 DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0)  # damping_weight of the ``*_damping`` attempts
 
@@ -175,15 +179,27 @@ def both_layers(stride_logit) -> dict:
     return out
 
 
-def attempts(stride_logit, members=None, n: int = 0, classifier: bool = False) -> list[MethodSpec]:
+def first_layer_ensembles(first_layer: dict) -> list[MethodSpec]:
+    """Classifier suites: the suite's first-layer STRIDE (``stride_pre_activation``'s damping sweep) blended with
+    logra (the paper's LoGRA + STRIDE) or with EK-FAC; weight, variant, lambda and the peer's damping chosen on
+    validation."""
+    firsts = [{"variant": label, **option} for label in first_layer for option in WIDE_GRID]
+    return [MethodSpec(f"attempt_ensemble_first_layer_{short}", {
+        "first": ("stride_sweep", {"configs": first_layer}), "second": (peer, {})},
+        grid=[{"weight": w, "first": first, "second": second}
+              for w in (0.25, 0.5, 0.75) for first in firsts for second in PEER_DAMPING[peer]], method="ensemble")
+        for short, peer in (("logra", "logra"), ("ekfac", "kronfluence_ekfac"))]
+
+
+def attempts(stride_logit, members=None, n: int = 0, first_layer: dict | None = None) -> list[MethodSpec]:
     K, d = stride_logit.design.K, stride_logit.design.d
     cheaper = cheaper_training(members, n) if members is not None else {}
-    layers = both_layers(stride_logit) if classifier else {}
+    layers = both_layers(stride_logit) if first_layer else {}
     # the vocabulary-sized logit form on the default profile's design (subsets of about 12, each example in 6)
     cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
         "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
                                   stride_logit.training.batch_size, n, 6)})
-    extra = []
+    extra = first_layer_ensembles(first_layer) if first_layer else []
     if "attempt_default_d6_K_x2" in cheaper:  # the default profile's STRIDE (its design too) + EK-FAC
         extra.append(MethodSpec("attempt_ensemble_default", {
             "first": ("stride", {"config": cheaper["attempt_default_d6_K_x2"]}), "second": ("kronfluence_ekfac", {})},
@@ -236,8 +252,8 @@ def main() -> None:
     configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
     base = next(c for name, c in configs.items() if name.startswith("stride_logit"))
     members = configs.get("stride_logit_members")
-    classifier = isinstance(suite.task, ClassifierTask)
-    chosen = [s for s in attempts(base, members, suite.task.n, classifier) if not args.only or s.name in args.only.split(",")]
+    first_layer = next((s.settings["configs"] for s in suite.specs if s.name == "stride_pre_activation"), None)
+    chosen = [s for s in attempts(base, members, suite.task.n, first_layer) if not args.only or s.name in args.only.split(",")]
     chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
     run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False, resume=args.resume)
 

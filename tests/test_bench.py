@@ -155,3 +155,31 @@ def test_a_stride_sweep_chooses_its_training_setting_on_validation(tmp_path: Pat
         from stride_assets.engine.evaluation.methods import StrideSweep
 
         StrideSweep({"good": good}).attribute("val", variant="nope")
+
+
+def test_an_ensemble_attributes_each_member_option_once(wine_csv: Path) -> None:
+    """Over a grid of weights x the second member's damping, each member runs once per split and option, and
+    every blend equals the blend of fresh member results."""
+    from stride_assets.engine.attribution import blend
+    from stride_assets.engine.evaluation.methods import METHODS
+
+    task = tabular_task(wine_csv, "target", seed=0, recipe=MLPRecipe(hidden=16, steps=100))
+    trained = task.train(None, seed=0)
+    method = METHODS["ensemble"](first=("grad_dot", {}), second=("logra", {}))
+    method.cache(task, trained)
+    calls = []
+    for member in method.members:
+        inner = member.attribute
+        member.attribute = lambda split, _inner=inner, **o: calls.append((split, o)) or _inner(split, **o)
+    grid = [{"weight": w, "second": {"damping": d}} for w in (0.25, 0.75) for d in (0.1, 1.0)]
+    results = [method.attribute("val", **option) for option in grid]
+    assert len(calls) == 1 + 2  # grad_dot once, logra once per damping
+    fresh = METHODS["logra"]()
+    fresh.cache(task, trained)
+    first = METHODS["grad_dot"]()
+    first.cache(task, trained)
+    a = first.attribute("val").scores
+    for option, res in zip(grid, results):
+        expected = blend(a, fresh.attribute("val", **option["second"]).scores, option["weight"]).toarray()
+        np.testing.assert_allclose(res.scores, expected)
+    assert not np.allclose(results[0].scores, results[1].scores)  # the damping reaches the blend
