@@ -35,14 +35,17 @@ BENCHMARKS: dict[str, list[str]] = {
                        "--removal-methods", "stride_logit,kronfluence_ekfac,logra,tfidf", "--removal-ks", "20"],
 }
 ATTEMPTS = {"pydoc-gpt": [], "digits-mlp": []}  # where benchmarks/stride_attempts.py runs: all attempts ...
-ATTEMPTS |= {name: ["--only", "attempt_ensemble"] for name in ("breast-cancer-mlp", "wine-mlp", "numpy-docs-gpt")}
+FIRST_LAYER_ENSEMBLES = "attempt_ensemble_first_layer_logra,attempt_ensemble_first_layer_ekfac"
+ATTEMPTS |= {name: ["--only", f"attempt_ensemble,{FIRST_LAYER_ENSEMBLES}"] for name in ("breast-cancer-mlp", "wine-mlp")}
+ATTEMPTS["numpy-docs-gpt"] = ["--only", "attempt_ensemble"]
 
 
 def commands(name: str, work: Path) -> list[list[str]]:
     out = [[*STRIDE, "bench", name, "--out", str(work / name), "--resume", "--leave-out", "--no-mlflow",
             *BENCHMARKS[name]]]
     if name in ATTEMPTS:
-        out.append([sys.executable, "benchmarks/stride_attempts.py", name, "--out", str(work / name), *ATTEMPTS[name]])
+        out.append([sys.executable, "benchmarks/stride_attempts.py", name, "--out", str(work / name), "--leave-out",
+                    *ATTEMPTS[name]])
     return out
 
 

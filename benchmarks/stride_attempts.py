@@ -63,6 +63,7 @@ On the default profile's operators (512 columns, 8 non-member pairs; 4 epochs):
 ``--seeds S`` repeats each chosen attempt with design and training seeds 1..S-1 (``NAME_s1``, ...).
 
     .venv/bin/python benchmarks/stride_attempts.py pydoc-gpt --out DIR [--only attempt_ensemble,...] [--seeds S]
+        [--leave-out]  # when DIR's run had --leave-out
 """
 
 from __future__ import annotations
@@ -247,6 +248,8 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated attempt names")
     ap.add_argument("--seeds", type=int, default=1, help="also run seeds 1..S-1 of each chosen STRIDE attempt")
     ap.add_argument("--resume", action="store_true", help="skip attempts OUT's report already has")
+    ap.add_argument("--leave-out", type=int, nargs="?", const=0, metavar="M",
+                    help="also the leave-out protocol, as the `stride bench --leave-out` run that made OUT")
     args = ap.parse_args()
     suite = suites.build(args.name, quick=args.quick)
     configs = {spec.name: spec.settings.get("config") for spec in suite.specs}
@@ -255,7 +258,8 @@ def main() -> None:
     first_layer = next((s.settings["configs"] for s in suite.specs if s.name == "stride_pre_activation"), None)
     chosen = [s for s in attempts(base, members, suite.task.n, first_layer) if not args.only or s.name in args.only.split(",")]
     chosen += [reseeded(s, seed) for s in chosen if "config" in s.settings for seed in range(1, args.seeds)]
-    run_benchmark(suite.task, chosen, args.out, suite.protocol, removal=False, resume=args.resume)
+    protocol = suites.with_leave_out(suite.protocol, args.quick, args.leave_out, None)
+    run_benchmark(suite.task, chosen, args.out, protocol, removal=False, resume=args.resume)
 
 
 if __name__ == "__main__":

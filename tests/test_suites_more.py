@@ -194,3 +194,14 @@ def test_numpy_docs_suite_builds_offline_and_deterministically(offline):
     assert (full.n, len(full.query_ids["val"]), len(full.query_ids["test"])) == (1_000, 50, 100)
     _check_ids(full)
     assert not set(full.texts()) & set(full.texts("test"))
+
+
+def test_leave_out_is_added_only_when_asked_for():
+    """``stride bench --leave-out`` and ``stride_attempts.py --leave-out`` build the same protocol."""
+    full = suites.Protocol()
+    assert suites.with_leave_out(full, False, None, None) is full
+    assert suites.with_leave_out(full, False, 0, None).leave_out == suites.LeaveOut()
+    quick = suites.with_leave_out(suites.QUICK, True, 0, None).leave_out
+    assert (quick.m, quick.noise_subsets) == (12, 4)
+    assert suites.with_leave_out(full, False, 10, 0.1).leave_out.m == 10
+    assert suites.with_leave_out(full, False, None, 0.1).leave_out.fraction == 0.1

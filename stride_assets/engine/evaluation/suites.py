@@ -32,7 +32,7 @@ from stride_assets.engine.config import StrideConfig
 from stride_assets.engine.training import steps_for_epochs
 from stride_assets.engine.errors import StrideInputError
 from stride_assets.engine.evaluation import report
-from stride_assets.engine.evaluation.bench import MethodSpec, Protocol
+from stride_assets.engine.evaluation.bench import LeaveOut, MethodSpec, Protocol
 from stride_assets.engine.evaluation.report import TrackedRun
 from stride_assets.engine.evaluation.task import Task
 from stride_assets.engine.store import BenchFolder
@@ -248,10 +248,20 @@ class Bench:
     modes: tuple[str, str] = ("full protocol", "quick protocol")  # the header's word for full and --quick
 
 
+def with_leave_out(protocol: Protocol, quick: bool, m: int | None, fraction: float | None) -> Protocol:
+    """``protocol`` with the leave-out protocol when asked for (``m`` retrains, 0: 32, quick 12; ``fraction``
+    None: 5%); unchanged when both are None. A run into a folder must ask as the run that made it did, or the
+    resumed report drops the leave-out values."""
+    if m is None and fraction is None:
+        return protocol
+    leave = LeaveOut(m=12, noise_subsets=4) if quick else LeaveOut()
+    return replace(protocol, leave_out=replace(leave, m=m or leave.m, fraction=fraction or leave.fraction))
+
+
 def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any]:
     """LDS against real retraining: a named suite or a user file, the chosen methods and removal protocol,
     and the leave-out protocol when asked for."""
-    from stride_assets.engine.evaluation.bench import LeaveOut, run_benchmark
+    from stride_assets.engine.evaluation.bench import run_benchmark
 
     suite = build(name, quick=options.quick, label=options.label, text=options.text, seed=options.seed,
                   stride_seeds=options.stride_seeds)
@@ -267,11 +277,7 @@ def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any
         protocol = replace(protocol, removal_methods=list(options.removal_methods))
     if options.removal_ks:
         protocol = replace(protocol, removal_ks=list(options.removal_ks))
-    if options.leave_out is not None or options.leave_out_fraction is not None:
-        leave = LeaveOut(m=12, noise_subsets=4) if options.quick else LeaveOut()
-        leave = replace(leave, m=options.leave_out or leave.m,
-                        fraction=options.leave_out_fraction or leave.fraction)
-        protocol = replace(protocol, leave_out=leave)
+    protocol = with_leave_out(protocol, options.quick, options.leave_out, options.leave_out_fraction)
     return run_benchmark(suite.task, specs, out, protocol, log=log, removal=options.removal, resume=options.resume)
 
 
