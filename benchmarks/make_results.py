@@ -60,6 +60,8 @@ def cost(rows: list[tuple[str, dict]]) -> str:
 # the baselines whose cost scales to large models (issue 10's bar for STRIDE), and the peers
 SCALABLE = ("dattri_trak_1", "dattri_trak_5", "logra", "tracin", "grad_dot", "tfidf")
 PEERS = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_diagonal")
+ENSEMBLES = {"attempt_ensemble": "STRIDE + EK-FAC", "attempt_ensemble_first_layer_logra": "first-layer STRIDE + logra",
+             "attempt_ensemble_first_layer_ekfac": "first-layer STRIDE + EK-FAC"}
 
 
 def _means(report: dict) -> dict[str, float]:
@@ -83,9 +85,9 @@ def verdict(name: str, report: dict) -> str:
         line += f"; of the scalable baselines it loses to {', '.join(lost)}"
     elif beaten:
         line += "; it beats every scalable baseline measured"
-    ensemble = means.get("attempt_ensemble")
-    if ensemble is not None:
-        line += f"; STRIDE + EK-FAC ensemble {ensemble:.3f}"
+    blends = [f"{words} {means[m]:.3f}" for m, words in ENSEMBLES.items() if m in means]
+    if blends:
+        line += "; ensembles: " + ", ".join(blends)
     return line + "."
 
 
