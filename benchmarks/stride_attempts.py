@@ -14,7 +14,7 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
 - Classifier suites only, operators on the MLP's first layer (``attempt_pre_activation``, form ``pre_activation``:
   a low-rank change of W1) or on both layers (``attempt_full``, form ``full``), with the damping grid
   (``..._damping{w}``), and ``attempt_full_rank_x2`` / ``_rank_half`` / ``_stability_weight{0.3,3}``,
-  ``attempt_pre_activation_rank_x2_damping{0.01,0.1}``;
+  ``attempt_pre_activation_rank_x2_damping{0.01,0.1}``, ``attempt_pre_activation_damping{0.01,0.1}_stability_weight{0.3,3,10}``;
   ``benchmarks/layer_signal.py`` shows why: the first layer's gradients carry most of the signal there.
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
@@ -178,6 +178,9 @@ def both_layers(stride_logit) -> dict:
     pre = stride_logit.with_(operators={"form": "pre_activation"})
     out["attempt_pre_activation"] = pre
     out |= {f"attempt_pre_activation_damping{w:g}": pre.with_(training={"damping_weight": w}) for w in DAMPING}
+    # the first layer, damped, with a weaker or stronger stability term (less or more curvature)
+    out |= {f"attempt_pre_activation_damping{w:g}_stability_weight{sw:g}": pre.with_(
+        training={"damping_weight": w, "stability_weight": sw}) for w in (0.01, 0.1) for sw in (0.3, 3, 10)}
     # the first layer with twice the rank: is the gap to logra the basis's size?
     out |= {f"attempt_pre_activation_rank_x2_damping{w:g}": pre.with_(
         operators={"rank": 2 * rank}, training={"damping_weight": w}) for w in (0.01, 0.1)}
