@@ -61,7 +61,8 @@ def cost(rows: list[tuple[str, dict]]) -> str:
 SCALABLE = ("dattri_trak_1", "dattri_trak_5", "logra", "tracin", "grad_dot", "tfidf")
 PEERS = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_diagonal")
 ENSEMBLES = {"attempt_ensemble": "STRIDE + EK-FAC", "attempt_ensemble_first_layer_logra": "first-layer STRIDE + logra",
-             "attempt_ensemble_first_layer_ekfac": "first-layer STRIDE + EK-FAC"}
+             "attempt_ensemble_first_layer_ekfac": "first-layer STRIDE + EK-FAC",
+             "attempt_ensemble_first_layer_logit": "first-layer STRIDE + logit STRIDE"}
 
 
 def _means(report: dict) -> dict[str, float]:

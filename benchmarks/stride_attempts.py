@@ -14,13 +14,15 @@ it reuses that run's retrains (same ground truth) and its rows join the same rep
 - Classifier suites only, operators on the MLP's first layer (``attempt_pre_activation``, form ``pre_activation``:
   a low-rank change of W1) or on both layers (``attempt_full``, form ``full``), with the damping grid
   (``..._damping{w}``), and ``attempt_full_rank_x2`` / ``_rank_half`` / ``_stability_weight{0.3,3}``,
-  ``attempt_pre_activation_rank_x2_damping{0.01,0.1}``, ``attempt_pre_activation_damping{0.01,0.1}_stability_weight{0.3,3,10}``;
+  ``attempt_pre_activation_rank_x2_damping{0.01,0.1}``, ``attempt_pre_activation_damping{0.01,0.1}_stability_weight{0.3,3,10}``,
+  ``attempt_pre_activation_damping{0.01,0.1}_linearity{0.1,1,10}`` (``training.linearity_weight``);
   ``benchmarks/layer_signal.py`` shows why: the first layer's gradients carry most of the signal there.
 - ``attempt_ensemble``: STRIDE (logit) + Kronfluence EK-FAC, standardised per query and blended;
   the weight and STRIDE's lambda chosen on validation.
 - Classifier suites only, ``attempt_ensemble_first_layer_logra`` / ``_ekfac``: the suite's first-layer STRIDE
   (``stride_pre_activation``) + logra (the paper's LoGRA + STRIDE) or EK-FAC; weight, damping variant, lambda and
-  the peer's damping chosen on validation.
+  the peer's damping chosen on validation. ``attempt_ensemble_first_layer_logit``: the same first-layer STRIDE
+  + the logit form's STRIDE (an operator bank per layer, no gradient method).
 
 Operator forms whose per-subset size does not grow with the vocabulary (issue 11), beside the suite's
 ``stride_head`` and ``stride_logit_members``:
@@ -181,22 +183,30 @@ def both_layers(stride_logit) -> dict:
     # the first layer, damped, with a weaker or stronger stability term (less or more curvature)
     out |= {f"attempt_pre_activation_damping{w:g}_stability_weight{sw:g}": pre.with_(
         training={"damping_weight": w, "stability_weight": sw}) for w in (0.01, 0.1) for sw in (0.3, 3, 10)}
+    # the first layer, damped, with the linearity term (responses that compose additively over members)
+    out |= {f"attempt_pre_activation_damping{w:g}_linearity{lw:g}": pre.with_(
+        training={"damping_weight": w, "linearity_weight": lw}) for w in (0.01, 0.1) for lw in (0.1, 1, 10)}
     # the first layer with twice the rank: is the gap to logra the basis's size?
     out |= {f"attempt_pre_activation_rank_x2_damping{w:g}": pre.with_(
         operators={"rank": 2 * rank}, training={"damping_weight": w}) for w in (0.01, 0.1)}
     return out
 
 
-def first_layer_ensembles(first_layer: dict) -> list[MethodSpec]:
+def first_layer_ensembles(first_layer: dict, stride_logit=None) -> list[MethodSpec]:
     """Classifier suites: the suite's first-layer STRIDE (``stride_pre_activation``'s damping sweep) blended with
-    logra (the paper's LoGRA + STRIDE) or with EK-FAC; weight, variant, lambda and the peer's damping chosen on
-    validation."""
+    logra (the paper's LoGRA + STRIDE), with EK-FAC, or (given ``stride_logit``) with the logit form's STRIDE,
+    an operator bank on each of the MLP's two layers and no gradient method; weight, variant, lambda and the
+    partner's own option chosen on validation."""
     firsts = [{"variant": label, **option} for label in first_layer for option in WIDE_GRID]
+    partners = {short: ((peer, {}), PEER_DAMPING[peer]) for short, peer in (("logra", "logra"),
+                                                                             ("ekfac", "kronfluence_ekfac"))}
+    if stride_logit is not None:
+        partners["logit"] = (("stride", {"config": stride_logit}), suites.LAMBDA_GRID)
     return [MethodSpec(f"attempt_ensemble_first_layer_{short}", {
-        "first": ("stride_sweep", {"configs": first_layer}), "second": (peer, {})},
-        grid=[{"weight": w, "first": first, "second": second}
-              for w in (0.25, 0.5, 0.75) for first in firsts for second in PEER_DAMPING[peer]], method="ensemble")
-        for short, peer in (("logra", "logra"), ("ekfac", "kronfluence_ekfac"))]
+        "first": ("stride_sweep", {"configs": first_layer}), "second": second},
+        grid=[{"weight": w, "first": first, "second": option}
+              for w in (0.25, 0.5, 0.75) for first in firsts for option in options], method="ensemble")
+        for short, (second, options) in partners.items()]
 
 
 def attempts(stride_logit, members=None, n: int = 0, first_layer: dict | None = None) -> list[MethodSpec]:
@@ -207,7 +217,7 @@ def attempts(stride_logit, members=None, n: int = 0, first_layer: dict | None = 
     cheaper["attempt_logit_d6_K_x2"] = stride_logit.with_(design={"K": 2 * K, "d": 6}, training={
         "steps": steps_for_epochs(stride_logit.training.steps * stride_logit.training.batch_size / (n * d),
                                   stride_logit.training.batch_size, n, 6)})
-    extra = first_layer_ensembles(first_layer) if first_layer else []
+    extra = first_layer_ensembles(first_layer, stride_logit) if first_layer else []
     if "attempt_default_d6_K_x2" in cheaper:  # the default profile's STRIDE (its design too) + EK-FAC
         extra.append(MethodSpec("attempt_ensemble_default", {
             "first": ("stride", {"config": cheaper["attempt_default_d6_K_x2"]}), "second": ("kronfluence_ekfac", {})},
