@@ -142,6 +142,35 @@ def test_leave_out_reuses_retrains_and_scores_earlier_methods_from_their_stored_
     assert third["oracle"]["leave_out"]["lds_mean"] > 0.8 and {"oracle", "reversed", "blurred"} <= set(third)
 
 
+class Interrupted(Planted):
+    """A method whose run is stopped from outside (Ctrl-C, a killed job), not an error the bench reports."""
+
+    def attribute(self, split: str, **option) -> MethodResult:
+        raise KeyboardInterrupt
+
+
+def test_a_stopped_run_keeps_the_methods_it_finished(tmp_path: Path, planted: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report is written after each method: a run stopped mid-way keeps oracle's row (with its leave-out
+    LDS), and a resumed run scores only what is missing."""
+    monkeypatch.setitem(METHODS, "stopped", lambda: Interrupted())
+    task = AdditiveTask()
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(task, [MethodSpec("oracle"), MethodSpec("stopped"), MethodSpec("reversed")], tmp_path,
+                      SMALL, **QUIET)
+    kept = json.loads((tmp_path / "report.json").read_text())
+    assert kept["oracle"]["leave_out"]["lds_mean"] > 0.8 and "stopped" not in kept and "reversed" not in kept
+    assert kept["protocol"]["leave_out"]["m"] == 10 and "noise_ceiling_leave_out" in kept
+
+    seen: list[str] = []
+    resumed = run_benchmark(task, [MethodSpec("oracle"), MethodSpec("reversed")], tmp_path, SMALL,
+                            log=seen.append, removal=False, resume=True)
+    assert any("oracle: in the report already" in line for line in seen)
+    assert resumed["oracle"] == kept["oracle"] and resumed["reversed"]["lds_mean"] < -0.8
+    # the stopped run's seconds are counted once, not once per partial write
+    assert resumed["protocol"]["total_seconds"] >= kept["protocol"]["total_seconds"]
+
+
 def test_cli_leave_out_flags() -> None:
     from stride_assets.cli import build_parser
 

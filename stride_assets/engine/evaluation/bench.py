@@ -246,7 +246,8 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
 
     Retrained losses are cached under ``out/cache``: re-running into the same folder (e.g. with
     more methods) skips the retrains already done, and the report keeps the methods of earlier runs
-    on the same protocol that this run did not score (``earlier_methods``). With ``resume``, a method
+    on the same protocol that this run did not score (``earlier_methods``). The report is rewritten after each
+    method, so a run stopped between methods keeps the ones it finished. With ``resume``, a method
     the folder's report already has (without error, same protocol) is not scored again.
     """
     p = protocol or Protocol()
@@ -273,9 +274,32 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
     write_parquet(pl.DataFrame({"subset_id": np.repeat(np.arange(p.m), Q),
                                 "query_id": np.tile(np.asarray(task.query_ids["test"], dtype=object), p.m).tolist(),
                                 "loss": truth["test"].ravel()}), folder.file("retrained_losses"))
-    report: dict[str, Any] = {}
+    before = _read_report(folder.file("report"))  # the report as earlier runs left it
+    scored = earlier_methods(before, _protocol_of(task, p), {}) if resume else {}
+    methods: dict[str, Any] = {}
     all_scores: dict[str, np.ndarray] = {}
-    scored = earlier_methods(folder.file("report"), _protocol_of(task, p), {}) if resume else {}
+    sections = {"noise_ceiling": ceiling, **({"noise_ceiling_leave_out": leave[2]} if leave is not None else {}),
+                "base_model": {f"{split}_loss": v for split, v in base.items()} | {
+                    "train_seconds": base_meter.seconds,
+                    **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}}
+
+    def write(extra: dict[str, Any]) -> dict[str, Any]:
+        """The report so far (this run's methods, ``extra``, earlier runs' methods), written atomically: a run
+        stopped between methods keeps the ones it finished, and ``resume`` skips them."""
+        protocol = {**_protocol_of(task, p), "ground_truth_seconds": gt_meter.seconds,
+                    "total_seconds": time.perf_counter() - started}
+        report = {**methods, **extra, **sections, "protocol": protocol}
+        earlier = earlier_methods(before, protocol, report)
+        if earlier:  # the report grows from earlier runs: their ground-truth and total time stay counted
+            report["protocol"] = _accumulated(before["protocol"], protocol)
+            report["base_model"] = {**report["base_model"], "train_seconds": before.get("base_model", {}).get(
+                "train_seconds", report["base_model"]["train_seconds"])}
+        if leave is not None:
+            earlier = {k: _with_leave_out(v, k, folder, task, leave) for k, v in earlier.items()}
+        report = {**earlier, **report}
+        write_json(report, folder.file("report"))
+        return report
+
     for spec in specs:
         if "lds_mean" in scored.get(spec.name, {}):
             log(f"[{task.name}] method {spec.name}: in the report already (resume)")
@@ -284,38 +308,24 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         try:
             scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]))
         except Exception as exc:  # one broken method must not sink the others; it is reported
-            report[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
+            methods[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"[{task.name}]   {spec.name} failed: {exc}")
+            write({})
             continue
         result = lds(scores, subsets, truth["test"])
-        report[spec.name] = {**result.as_dict(), **stats}
+        methods[spec.name] = {**result.as_dict(), **stats}
         if leave is not None:
-            report[spec.name]["leave_out"] = lds(scores, leave[0], leave[1]).as_dict()
+            methods[spec.name]["leave_out"] = lds(scores, leave[0], leave[1]).as_dict()
         all_scores[spec.name] = scores
         write_parquet(scores_frame(scores, task), folder.file("scores", spec.name))
+        write({})
         log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)"
-            + (f", leave-out LDS {report[spec.name]['leave_out']['lds_mean']:.3f}" if leave is not None else ""))
+            + (f", leave-out LDS {methods[spec.name]['leave_out']['lds_mean']:.3f}" if leave is not None else ""))
+    extra: dict[str, Any] = {}
     if removal and all_scores:
         chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}
-        report["removal"] = removal_test(task, chosen, p, log, cache=folder.file("cache"))
-    report["noise_ceiling"] = ceiling
-    if leave is not None:
-        report["noise_ceiling_leave_out"] = leave[2]
-    report["base_model"] = {f"{split}_loss": v for split, v in base.items()} | {
-        "train_seconds": base_meter.seconds, **{k: v for k, v in trained.info.items() if isinstance(v, (int, float))}}
-    report["protocol"] = {**_protocol_of(task, p), "ground_truth_seconds": gt_meter.seconds,
-                          "total_seconds": time.perf_counter() - started}
-    earlier = earlier_methods(folder.file("report"), report["protocol"], report)
-    if earlier:  # the report grows from earlier runs: their ground-truth and total time stay counted
-        before = json.loads(folder.file("report").read_text())
-        report["protocol"] = _accumulated(before["protocol"], report["protocol"])
-        report["base_model"] = {**report["base_model"], "train_seconds": before.get("base_model", {}).get(
-            "train_seconds", report["base_model"]["train_seconds"])}
-    if leave is not None:
-        earlier = {k: _with_leave_out(v, k, folder, task, leave) for k, v in earlier.items()}
-    report = {**earlier, **report}
-    write_json(report, folder.file("report"))
-    return report
+        extra["removal"] = removal_test(task, chosen, p, log, cache=folder.file("cache"))
+    return write(extra)
 
 
 def _accumulated(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
@@ -343,13 +353,14 @@ def _with_leave_out(entry: dict[str, Any], name: str, folder: BenchFolder, task:
 _PROTOCOL_KEYS = ("task", "n", "queries", "m", "fraction", "seed", "seeds", "m_val", "val_seed", "model_seed")
 
 
-def earlier_methods(path: Path, protocol: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """The method entries of an earlier report at ``path`` made on the same protocol (same task, data,
-    subsets and seeds, so the same ground truth) that ``report`` does not have; {} otherwise."""
-    if not Path(path).exists():
-        return {}
-    earlier = json.loads(Path(path).read_text())
-    same = all(earlier.get("protocol", {}).get(k) == protocol.get(k) for k in _PROTOCOL_KEYS)
+def _read_report(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
+
+
+def earlier_methods(earlier: dict[str, Any], protocol: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The method entries of an ``earlier`` report made on the same protocol (same task, data, subsets and
+    seeds, so the same ground truth) that ``report`` does not have; {} otherwise."""
+    same = bool(earlier) and all(earlier.get("protocol", {}).get(k) == protocol.get(k) for k in _PROTOCOL_KEYS)
     same_leave_out = earlier.get("protocol", {}).get("leave_out") == protocol.get("leave_out")
     skip = {"protocol", "noise_ceiling", "noise_ceiling_leave_out", "base_model"}
     return {k: v if same_leave_out else {f: x for f, x in v.items() if f != "leave_out"}
