@@ -29,8 +29,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "pydoc-gpt": ["--stride-seeds", "3", "--removal-methods",
                   "stride_logit_s0,kronfluence_ekfac,logra,tfidf,grad_dot,dattri_trak_1", "--removal-ks", "20"],
     "digits-mlp": ["--stride-seeds", "3"],
-    "breast-cancer-mlp": [],
-    "wine-mlp": [],
+    "breast-cancer-mlp": ["--stride-seeds", "3"],
+    "wine-mlp": ["--stride-seeds", "3"],
     "numpy-docs-gpt": ["--methods", "stride_logit,stride,kronfluence_ekfac,kronfluence_kfac,logra,tfidf,grad_dot,repsim",
                        "--removal-methods", "stride_logit,kronfluence_ekfac,logra,tfidf", "--removal-ks", "20"],
 }
