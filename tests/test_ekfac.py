@@ -33,6 +33,26 @@ def _tiny_lm():
     return model.eval(), tokenizer
 
 
+def test_factors_depend_on_the_seed_not_on_what_ran_before(tmp_path: Path) -> None:
+    """The Fisher's sampled targets come from ``Influence.seed``: the same seed after different global RNG
+    use gives the same scores, another seed other ones, and the caller's RNG is left where it was."""
+    model, tokenizer = _tiny_lm()
+    train, query = lm.encode_batch(tokenizer, TEXTS, 24), lm.encode_batch(tokenizer, TEXTS[5:6], 24)
+
+    def scores(seed: int, folder: str, draws: int) -> np.ndarray:
+        torch.manual_seed(123)
+        torch.rand(draws)  # whatever ran before in the process
+        influence = Influence(model, lm_objective, seed=seed)
+        before = torch.get_rng_state()
+        factors = influence.fit(train, tmp_path / folder)
+        assert torch.equal(before, torch.get_rng_state())  # fitting did not move the caller's RNG
+        return influence.scores(query, train, factors)
+
+    a, b, other = scores(0, "a", 1), scores(0, "b", 1000), scores(1, "c", 1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, other)
+
+
 def test_linearized_gpt2_computes_the_same_logits() -> None:
     model, tokenizer = _tiny_lm()
     batch = lm.encode_batch(tokenizer, TEXTS[:4], 24)

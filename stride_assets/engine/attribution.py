@@ -44,7 +44,7 @@ def influence_model(cfg: StrideConfig, model):
 
     ac = cfg.attribution
     return Influence(model.to(resolve_device(ac.device)), lm_objective, strategy=ac.strategy,
-                     include_head=ac.include_head, batch_size=ac.batch_size)
+                     include_head=ac.include_head, batch_size=ac.batch_size, seed=ac.seed)
 
 
 def corpus_tokens(cfg: StrideConfig, tokenizer, rows: list[str] | pl.DataFrame | dict):

@@ -287,6 +287,7 @@ class AttributionConfig(_Strict):
     include_head: bool = Field(True, description="track the output head too (GPT-2: the tied lm_head)")
     batch_size: int = Field(32, ge=1, description="training examples per Kronfluence batch")
     ensemble_weight: float = Field(0.5, ge=0, le=1, description="weight of EK-FAC in the ensemble (STRIDE: 1 - it)")
+    seed: int = Field(0, description="seeds the targets Kronfluence samples from the model for its Fisher")
     device: str = "auto"
 
 

@@ -28,8 +28,9 @@ def objective_of(task: Task):
 class KronfluenceMethod:
     """One Kronfluence strategy on one task; its factors live in a temporary folder while it exists."""
 
-    def __init__(self, strategy: str = "ekfac", include_head: bool = True, damping: float | None = None):
-        self.strategy, self.include_head, self.damping = strategy, include_head, damping
+    def __init__(self, strategy: str = "ekfac", include_head: bool = True, damping: float | None = None,
+                 seed: int = 0):
+        self.strategy, self.include_head, self.damping, self.seed = strategy, include_head, damping, seed
         self.clock = Clock()
         self._influence = None
         self._task: Task | None = None
@@ -41,7 +42,7 @@ class KronfluenceMethod:
 
         with self.clock("one_time"):
             self._influence = Influence(trained.model, objective_of(task), strategy=self.strategy,
-                                        include_head=self.include_head)
+                                        include_head=self.include_head, seed=self.seed)
             self._influence.fit(task.train_batch(), into=self._factors)
         self._task = task
 
