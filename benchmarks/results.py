@@ -34,11 +34,14 @@ BENCHMARKS: dict[str, list[str]] = {
     "numpy-docs-gpt": ["--methods", "stride_logit,stride,kronfluence_ekfac,kronfluence_kfac,logra,tfidf,grad_dot,repsim",
                        "--removal-methods", "stride_logit,kronfluence_ekfac,logra,tfidf", "--removal-ks", "20"],
 }
-ATTEMPTS = {"pydoc-gpt": []}  # where benchmarks/stride_attempts.py runs: all attempts ...
 FIRST_LAYER_ENSEMBLES = "attempt_ensemble_first_layer_logra,attempt_ensemble_first_layer_ekfac"
-ATTEMPTS["digits-mlp"] = ["--only", f"attempt_ensemble,attempt_dense,attempt_ridge,{FIRST_LAYER_ENSEMBLES}"]
-ATTEMPTS |= {name: ["--only", f"attempt_ensemble,{FIRST_LAYER_ENSEMBLES}"] for name in ("breast-cancer-mlp", "wine-mlp")}
-ATTEMPTS["numpy-docs-gpt"] = ["--only", "attempt_ensemble"]
+ATTEMPTS = {  # where benchmarks/stride_attempts.py runs: all attempts ([]) or those named
+    "pydoc-gpt": [],
+    "digits-mlp": ["--only", f"attempt_ensemble,attempt_dense,attempt_ridge,{FIRST_LAYER_ENSEMBLES}"],
+    "breast-cancer-mlp": ["--only", f"attempt_ensemble,{FIRST_LAYER_ENSEMBLES}"],
+    "wine-mlp": ["--only", f"attempt_ensemble,{FIRST_LAYER_ENSEMBLES}"],
+    "numpy-docs-gpt": ["--only", "attempt_ensemble"],
+}
 
 
 def commands(name: str, work: Path) -> list[list[str]]:
