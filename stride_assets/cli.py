@@ -46,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            stride_seeds=args.stride_seeds, methods=args.methods, removal=not args.no_removal,
                            removal_methods=args.removal_methods, removal_ks=args.removal_ks,
                            leave_out=args.leave_out, leave_out_fraction=args.leave_out_fraction,
-                           scenario="hard" if args.hard else "easy", resume=args.resume)
+                           scenario="hard" if args.hard else "easy", resume=args.resume, calibrate=args.calibrate)
     return commands.bench(args.name, args.out, options, mlflow=not args.no_mlflow)
 
 
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without a block of the data (default M: 32; quick: 12)")
     b.add_argument("--leave-out-fraction", type=float, metavar="F",
                    help="share of the training set each leave-out retrain drops (default: 0.05; implies --leave-out)")
+    b.add_argument("--calibrate", action="store_true",
+                   help="also score every method with per-example gains fitted on the validation draw's retrains "
+                   "(rows NAME_calibrated; engine.calibration)")
     b.add_argument("--hard", action="store_true",
                    help="contamination: the hard scenario (paraphrases and partial copies inside unrelated "
                         "passages, 5%% of the queries each, beside 5%% exact copies)")

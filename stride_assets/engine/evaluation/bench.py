@@ -13,7 +13,10 @@ Protocol
    per-query cost; peak RSS.
 5. Counterfactual removal: for a few test queries, each method's top-k examples (and k random
    ones) removed, the model retrained, the rise of the query loss recorded.
-6. Optional second protocol, leave-a-few-out (``Protocol.leave_out``, as EleutherAI Bergson's
+6. Optional calibration (``Protocol.calibrate``): every method's scores get per-example gains fitted on
+   the validation draw's retrains (``engine.calibration``), scored as a row ``<method>_calibrated``
+   beside the raw one on the same test draw; its cost is the m_val retrains a user would have to run.
+7. Optional second protocol, leave-a-few-out (``Protocol.leave_out``, as EleutherAI Bergson's
    ``validate``): ``LeaveOut.m`` retrains, each on all the data but a small block (``fraction``,
    e.g. 5%) drawn from the protocol's own seed; the LDS is computed as for the halves (the
    predicted sum over the kept set, i.e. minus the predicted effect of removing the block), with
@@ -43,6 +46,7 @@ from stride_assets.engine.evaluation.meter import metered
 from stride_assets.engine.evaluation.task import Task, Trained, draw_subsets
 
 Log = Callable[[str], None]
+CALIBRATED = "_calibrated"  # the suffix of a method's calibrated row (``Protocol.calibrate``)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Protocol:
     removal_methods: list[str] | None = None  # None: every method scored
     model_seed: int = 0
     leave_out: LeaveOut | None = None  # None: the halves only
+    calibrate: bool = False  # also each method calibrated on the validation draw (``<name>_calibrated``)
 
 
 @dataclass
@@ -180,8 +185,9 @@ def _lds_of(scores: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> floa
 
 
 def run_method(task: Task, trained: Trained, spec: MethodSpec,
-               val: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cache the method, choose its option on the validation draw, then score the test queries."""
+               val: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """Cache the method, choose its option on the validation draw, then score the test queries: the test
+    scores, the stats, and the chosen option's validation scores."""
     from stride_assets.engine.evaluation.methods import METHODS
 
     val_subsets, val_losses = val
@@ -191,11 +197,26 @@ def run_method(task: Task, trained: Trained, spec: MethodSpec,
         choices = [(_lds_of(method.attribute("val", **option).scores, val_subsets, val_losses), option)
                    for option in spec.grid]
         best_val, best = max(choices, key=lambda c: c[0])
+        val_scores = np.asarray(method.attribute("val", **best).scores, dtype=np.float64)
         res = method.attribute("test", **best)
     stats = {"seconds": meter.seconds, "peak_rss_mb": meter.peak_rss_mb, "one_time_seconds": res.one_time_seconds,
              "per_query_seconds": res.per_query_seconds, "chosen": best, "val_lds": best_val,
              "grid": [{"setting": o, "val_lds": v} for v, o in choices], **res.info}
-    return np.asarray(res.scores, dtype=np.float64), stats
+    return np.asarray(res.scores, dtype=np.float64), stats, val_scores
+
+
+def calibrated(scores: np.ndarray, stats: dict[str, Any], val_scores: np.ndarray,
+               val: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+    """``scores`` with per-example gains fitted on the validation draw (``val``: its subsets and losses), and the
+    row's stats: the method's, plus the calibration's fit and seconds."""
+    from stride_assets.engine import calibration
+
+    with metered() as meter:
+        cal = calibration.choose(val_scores, *val)
+        out = cal.apply(scores)
+    return out, {**{k: stats[k] for k in ("one_time_seconds", "per_query_seconds", "chosen") if k in stats},
+                 "seconds": stats["seconds"] + meter.seconds, "peak_rss_mb": max(stats["peak_rss_mb"], meter.peak_rss_mb),
+                 "calibration": {**cal.as_dict(), "retrains": int(len(val[0])), "seconds": meter.seconds}}
 
 
 def removal_test(task: Task, named_scores: dict[str, np.ndarray], p: Protocol, log: Log,
@@ -301,26 +322,32 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         return report
 
     for spec in specs:
-        if "lds_mean" in scored.get(spec.name, {}):
+        names = [spec.name] + ([f"{spec.name}{CALIBRATED}"] if p.calibrate else [])
+        if all("lds_mean" in scored.get(name, {}) for name in names):
             log(f"[{task.name}] method {spec.name}: in the report already (resume)")
             continue
         log(f"[{task.name}] method {spec.name}")
+        val = (val_subsets, val_truth["val"])
         try:
-            scores, stats = run_method(task, trained, spec, (val_subsets, val_truth["val"]))
+            scores, stats, val_scores = run_method(task, trained, spec, val)
+            rows = {spec.name: (scores, stats)}
+            if p.calibrate:
+                rows[names[1]] = calibrated(scores, stats, val_scores, val)
         except Exception as exc:  # one broken method must not sink the others; it is reported
             methods[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"[{task.name}]   {spec.name} failed: {exc}")
             write({})
             continue
-        result = lds(scores, subsets, truth["test"])
-        methods[spec.name] = {**result.as_dict(), **stats}
-        if leave is not None:
-            methods[spec.name]["leave_out"] = lds(scores, leave[0], leave[1]).as_dict()
-        all_scores[spec.name] = scores
-        write_parquet(scores_frame(scores, task), folder.file("scores", spec.name))
+        for name, (scores, stats) in rows.items():
+            result = lds(scores, subsets, truth["test"])
+            methods[name] = {**result.as_dict(), **stats}
+            if leave is not None:
+                methods[name]["leave_out"] = lds(scores, leave[0], leave[1]).as_dict()
+            all_scores[name] = scores
+            write_parquet(scores_frame(scores, task), folder.file("scores", name))
+            log(f"[{task.name}]   {name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)"
+                + (f", leave-out LDS {methods[name]['leave_out']['lds_mean']:.3f}" if leave is not None else ""))
         write({})
-        log(f"[{task.name}]   {spec.name}: LDS {result.mean:.3f} ± {result.std:.3f} ({stats['seconds']:.1f}s)"
-            + (f", leave-out LDS {methods[spec.name]['leave_out']['lds_mean']:.3f}" if leave is not None else ""))
     extra: dict[str, Any] = {}
     if removal and all_scores:
         chosen = {k: v for k, v in all_scores.items() if p.removal_methods is None or k in p.removal_methods}

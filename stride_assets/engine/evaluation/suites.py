@@ -229,6 +229,7 @@ class BenchOptions:
     leave_out: int | None = None  # leave-out protocol retrains (0: 32, quick 12); None: halves only
     leave_out_fraction: float | None = None  # share each leave-out retrain drops (None: 5%; implies leave_out)
     resume: bool = False  # skip the methods the output folder's report already has on the same protocol
+    calibrate: bool = False  # also every method calibrated on the validation draw's retrains
     scenario: str = "easy"  # contamination: "easy" (exact / lightly edited copies) or "hard"
 
 
@@ -278,6 +279,7 @@ def _lds(name: str, out: Path, options: BenchOptions, log: Log) -> dict[str, Any
     if options.removal_ks:
         protocol = replace(protocol, removal_ks=list(options.removal_ks))
     protocol = with_leave_out(protocol, options.quick, options.leave_out, options.leave_out_fraction)
+    protocol = replace(protocol, calibrate=options.calibrate)
     return run_benchmark(suite.task, specs, out, protocol, log=log, removal=options.removal, resume=options.resume)
 
 
