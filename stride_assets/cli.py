@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the training set each leave-out retrain drops (default: 0.05; implies --leave-out)")
     b.add_argument("--calibrate", action="store_true",
                    help="also score every method with per-example gains fitted on the validation draw's retrains "
-                   "(rows NAME_calibrated; engine.calibration)")
+                   "(rows NAME_calibrated; evaluation.calibration)")
     b.add_argument("--hard", action="store_true",
                    help="contamination: the hard scenario (paraphrases and partial copies inside unrelated "
                         "passages, 5%% of the queries each, beside 5%% exact copies)")

@@ -1,4 +1,4 @@
-"""Calibration on a few real retrains (engine.calibration): planted per-example gains are recovered, the
+"""Calibration on a few real retrains (evaluation.calibration): planted per-example gains are recovered, the
 identity is kept when nothing is to be gained, bad input is refused, and the harness scores both rows."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stride_assets.engine import calibration
+from stride_assets.engine.evaluation import calibration
 from stride_assets.engine.evaluation.bench import MethodSpec, Protocol, run_benchmark
 from stride_assets.engine.evaluation.lds import lds
 from stride_assets.engine.evaluation.methods import METHODS

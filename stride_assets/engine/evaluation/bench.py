@@ -14,7 +14,7 @@ Protocol
 5. Counterfactual removal: for a few test queries, each method's top-k examples (and k random
    ones) removed, the model retrained, the rise of the query loss recorded.
 6. Optional calibration (``Protocol.calibrate``): every method's scores get per-example gains fitted on
-   the validation draw's retrains (``engine.calibration``), scored as a row ``<method>_calibrated``
+   the validation draw's retrains (``evaluation.calibration``), scored as a row ``<method>_calibrated``
    beside the raw one on the same test draw; its cost is the m_val retrains a user would have to run.
 7. Optional second protocol, leave-a-few-out (``Protocol.leave_out``, as EleutherAI Bergson's
    ``validate``): ``LeaveOut.m`` retrains, each on all the data but a small block (``fraction``,
@@ -209,7 +209,7 @@ def calibrated(scores: np.ndarray, stats: dict[str, Any], val_scores: np.ndarray
                val: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
     """``scores`` with per-example gains fitted on the validation draw (``val``: its subsets and losses), and the
     row's stats: the method's, plus the calibration's fit and seconds."""
-    from stride_assets.engine import calibration
+    from stride_assets.engine.evaluation import calibration
 
     with metered() as meter:
         cal = calibration.choose(val_scores, *val)
