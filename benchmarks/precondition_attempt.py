@@ -7,7 +7,8 @@ query gradient in the operators' own space,
     Y[q, k] = -< (A + a tr(A)/r I)^-1  codes_q^T g_q  (G + a tr(G)/C I)^-1 ,  A_k >,
 
 A = E[codes codes^T] and G = E[g g^T] over the training examples (g: the loss gradient at the steered
-pre-activations). ``a`` large is the plain measurement; ``a`` and the Lasso's lambda are chosen on the
+pre-activations), and with one factor only (the other I: the input side alone whitens the code space). ``a``
+large is the plain measurement; ``a`` and the Lasso's lambda are chosen on the
 validation draw. The idea: a trained operator is a member gradient inside the rank-r basis, so its
 response is a compressed influence function only if the curvature is right. It reads the ground truth
 from a ``stride bench NAME --leave-out`` folder (its retrain cache), and prints and writes JSON:
@@ -33,6 +34,7 @@ from stride_assets.engine.evaluation.task import draw_subsets
 from stride_assets.engine.measure import sequence_loss
 
 ALPHAS = (None, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # None: no preconditioning (the suite's measurement)
+SIDES = ("both", "input", "output")  # which Kronecker factors precondition
 
 
 def codes_and_gradients(site, bank, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,15 +75,16 @@ def main() -> None:
     A, G = codes.T @ codes / len(codes), grads.T @ grads / len(grads)
     queries = {split: codes_and_gradients(site, bank, task.query_batch(split)) for split in ("val", "test")}
     rows = []
-    for alpha in ALPHAS:
-        Ai, Gi = damped_inverse(A, alpha), damped_inverse(G, alpha)
+    for side, alpha in [(None, None)] + [(side, alpha) for side in SIDES for alpha in ALPHAS[1:]]:
+        Ai = damped_inverse(A, alpha if side in ("both", "input") else None)
+        Gi = damped_inverse(G, alpha if side in ("both", "output") else None)
         with torch.no_grad():
             Y = {s: (-bank.contract(Ai @ torch.bmm(c.transpose(1, 2), g) @ Gi)).numpy().astype(np.float32)
                  for s, (c, g) in queries.items()}
         val, option = max(((lds(method.decode(Y["val"], **o)[0], *truth["val"]).mean, o) for o in grid),
                           key=lambda c: c[0])
         scores = method.decode(Y["test"], **option)[0]
-        rows.append({"alpha": alpha, "chosen": option, "val_lds": val, "lds_mean": lds(scores, *truth["test"]).mean,
+        rows.append({"side": side, "alpha": alpha, "chosen": option, "val_lds": val, "lds_mean": lds(scores, *truth["test"]).mean,
                      "leave_out_lds_mean": lds(scores, kept, kept_losses).mean})
         print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["val_lds"])
