@@ -194,15 +194,17 @@ def run_method(task: Task, trained: Trained, spec: MethodSpec,
     with metered() as meter:
         method = METHODS[spec.registry_name](**spec.settings)
         method.cache(task, trained)
-        choices = [(_lds_of(method.attribute("val", **option).scores, val_subsets, val_losses), option)
-                   for option in spec.grid]
-        best_val, best = max(choices, key=lambda c: c[0])
-        val_scores = np.asarray(method.attribute("val", **best).scores, dtype=np.float64)
+        choices, best, best_val, val_scores = [], None, -np.inf, None
+        for option in spec.grid:
+            scored = method.attribute("val", **option).scores
+            choices.append((_lds_of(scored, val_subsets, val_losses), option))
+            if best is None or choices[-1][0] > best_val:  # the first of equals, as max() would
+                best_val, best, val_scores = choices[-1][0], option, scored
         res = method.attribute("test", **best)
     stats = {"seconds": meter.seconds, "peak_rss_mb": meter.peak_rss_mb, "one_time_seconds": res.one_time_seconds,
              "per_query_seconds": res.per_query_seconds, "chosen": best, "val_lds": best_val,
              "grid": [{"setting": o, "val_lds": v} for v, o in choices], **res.info}
-    return np.asarray(res.scores, dtype=np.float64), stats, val_scores
+    return np.asarray(res.scores, dtype=np.float64), stats, np.asarray(val_scores, dtype=np.float64)
 
 
 def calibrated(scores: np.ndarray, stats: dict[str, Any], val_scores: np.ndarray,
