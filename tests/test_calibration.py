@@ -103,3 +103,22 @@ def test_the_harness_scores_a_calibrated_row_beside_each_method(tmp_path, monkey
     seen: list[str] = []
     run_benchmark(task, [MethodSpec("distorted")], tmp_path, protocol, log=seen.append, removal=False, resume=True)
     assert any("in the report already" in line for line in seen)
+
+
+def test_cli_calibrate_reaches_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stride bench NAME --calibrate`` sets ``BenchOptions.calibrate``, which sets ``Protocol.calibrate``."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from stride_assets.cli import build_parser
+    from stride_assets.engine.evaluation import bench, suites
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "wine-mlp", "--out", "o", "--calibrate"]).calibrate
+    assert not parse(["bench", "wine-mlp", "--out", "o"]).calibrate
+    seen = []
+    monkeypatch.setattr(suites, "build", lambda *a, **k: suites.Suite(AdditiveTask(), [], replace(suites.QUICK)))
+    monkeypatch.setattr(bench, "run_benchmark", lambda task, specs, out, protocol, **k: seen.append(protocol))
+    for options in (suites.BenchOptions(quick=True), suites.BenchOptions(quick=True, calibrate=True)):
+        suites._lds("wine-mlp", Path("unused"), options, lambda _: None)
+    assert [p.calibrate for p in seen] == [False, True]
