@@ -3,6 +3,9 @@ identity is kept when nothing is to be gained, bad input is refused, and the har
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -107,9 +110,6 @@ def test_the_harness_scores_a_calibrated_row_beside_each_method(tmp_path, monkey
 
 def test_cli_calibrate_reaches_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     """``stride bench NAME --calibrate`` sets ``BenchOptions.calibrate``, which sets ``Protocol.calibrate``."""
-    from dataclasses import replace
-    from pathlib import Path
-
     from stride_assets.cli import build_parser
     from stride_assets.engine.evaluation import bench, suites
 

@@ -323,13 +323,13 @@ def run_benchmark(task: Task, specs: list[MethodSpec], out: Path, protocol: Prot
         write_json(report, folder.file("report"))
         return report
 
+    val = (val_subsets, val_truth["val"])
     for spec in specs:
         names = [spec.name] + ([f"{spec.name}{CALIBRATED}"] if p.calibrate else [])
         if all("lds_mean" in scored.get(name, {}) for name in names):
             log(f"[{task.name}] method {spec.name}: in the report already (resume)")
             continue
         log(f"[{task.name}] method {spec.name}")
-        val = (val_subsets, val_truth["val"])
         try:
             scores, stats, val_scores = run_method(task, trained, spec, val)
             rows = {spec.name: (scores, stats)}

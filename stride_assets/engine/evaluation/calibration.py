@@ -46,7 +46,7 @@ class Calibration:
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 2 or scores.shape[1] != self.gains.shape[0]:
             raise ValueError(f"scores of shape {scores.shape}, calibration for {self.gains.shape[0]} examples")
-        return self.gains * _standardised(scores)
+        return self.gains * _unit_spread(scores, axis=1)
 
     def as_dict(self) -> dict:
         g = self.gains
@@ -54,9 +54,10 @@ class Calibration:
                 "gain_std": float(g.std())}
 
 
-def _standardised(scores: np.ndarray) -> np.ndarray:
-    sd = scores.std(axis=1, keepdims=True)
-    return scores / np.where(sd > 0, sd, 1.0)
+def _unit_spread(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` divided by its std along ``axis`` (left as it is where that std is 0)."""
+    sd = x.std(axis=axis, keepdims=True)
+    return x / np.where(sd > 0, sd, 1.0)
 
 
 def _checked(scores, subsets, losses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,11 +79,10 @@ def _checked(scores, subsets, losses) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def fit(scores, subsets, losses, ridge: float) -> Calibration:
     """Gains for ``scores`` (Q, n) from retrains on ``subsets`` (J, n) with query ``losses`` (J, Q)."""
     scores, subsets, losses = _checked(scores, subsets, losses)
-    s = _standardised(scores)
+    s = _unit_spread(scores, axis=1)
     X = subsets.astype(np.float64)
     Xc = X - X.mean(0)  # a constant over the retrains is free (each query's intercept)
-    t = -(losses - losses.mean(0))
-    t = t / np.where(t.std(0) > 0, t.std(0), 1.0)  # (J, Q): every query counts alike
+    t = _unit_spread(-(losses - losses.mean(0)), axis=0)  # (J, Q): every query counts alike
     n = s.shape[1]
     gains = np.ones(n)
     for _ in range(ALTERNATIONS):
